@@ -1,0 +1,194 @@
+"""The Python API; it mirrors the CLI one function per command.
+
+Every function validates its input before touching the database, so an invalid flow or bad
+argument writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from dbt_durable.config import Settings
+from dbt_durable.errors import ConfigError, GraphChanged, RunNotFound
+from dbt_durable.graph.build import FlowGraph, compile_flow
+from dbt_durable.graph.explain import explain as explain_graph
+from dbt_durable.runner.engine import Engine, Outcome
+from dbt_durable.store.connect import open_sync
+from dbt_durable.store.migrate import migrate as apply_migrations
+from dbt_durable.store.queries import Queries
+
+DEFAULT_FLOW_NAME = "adhoc"
+
+
+@dataclass
+class Started:
+    """A run created (or found by its key) by :meth:`Client.start`."""
+
+    run_id: str
+    created: bool
+    outcome: Outcome | None = None
+
+
+def parse_vars(pairs: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` as a dict; raises :class:`ConfigError` naming the bad item."""
+    out: dict[str, str] = {}
+    for item in pairs:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"malformed --var {item!r}: expected NAME=VALUE with NAME like my_var")
+        if name.startswith("sys_"):
+            raise ConfigError(f"--var {name}: names starting with sys_ are reserved")
+        out[name] = value
+    return out
+
+
+def check_run_id(run_id: str) -> str:
+    try:
+        return str(uuid.UUID(run_id))
+    except ValueError:
+        raise RunNotFound(f"{run_id!r} is not a run id (expected a UUID)") from None
+
+
+class Client:
+    """A handle on one database and state schema. Cheap to create; connects per call."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.q = Queries(settings.schema)
+
+    def _connect(self) -> psycopg.Connection:
+        return open_sync(self.settings.dsn)
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade the state schema; returns the migrations applied now."""
+        with self._connect() as conn:
+            return apply_migrations(conn, self.settings.schema)
+
+    def start(self, flow_text: str, name: str = DEFAULT_FLOW_NAME, key: str | None = None,
+              vars: dict[str, str] | None = None, fresh: bool = False, wait: bool = True,
+              origin: str = "<flow>") -> Started:
+        """Create a run (or find the one with this ``key``) and, with ``wait``, execute it.
+
+        With a ``key``, an existing run whose flow is unchanged is resumed rather than
+        duplicated; one whose flow or vars changed raises :class:`GraphChanged` unless
+        ``fresh`` is set, which retires the old run's key and starts over.
+        """
+        flow = compile_flow(flow_text, origin)
+        vars = dict(vars or {})
+        with self._connect() as conn:
+            apply_migrations(conn, self.settings.schema)
+            run_id, created = self._create(conn, flow, name, key, vars, fresh)
+        started = Started(run_id, created)
+        if wait:
+            started.outcome = self.resume(run_id)
+        return started
+
+    def _create(self, conn: psycopg.Connection, flow: FlowGraph, name: str, key: str | None,
+                vars: dict[str, str], fresh: bool) -> tuple[str, bool]:
+        params = {
+            "flow_name": name, "run_key": key, "flow_text": flow.text,
+            "graph": Jsonb(flow.to_json()), "graph_hash": flow.graph_hash, "vars": Jsonb(vars),
+        }
+        with conn.transaction():
+            row = conn.execute(self.q.insert_run, params).fetchone()
+            if row is not None:
+                conn.execute(self.q.insert_run_event, (row[0], "run_created", Jsonb({"key": key})))
+                return str(row[0]), True
+            existing = conn.execute(self.q.run_by_key, (name, key)).fetchone()
+            assert existing is not None
+            run_id, old_hash, old_vars, status = existing
+            if old_hash == flow.graph_hash and (old_vars or {}) == vars:
+                return str(run_id), False
+            if not fresh:
+                what = "flow definition" if old_hash != flow.graph_hash else "vars"
+                raise GraphChanged(
+                    f"run {run_id} ({name!r}, key {key!r}, {status}) was started with a different "
+                    f"{what}; a resumed run never mixes two versions. Start fresh with --fresh "
+                    "(the old run is kept, and cancelled if unfinished)"
+                )
+            conn.execute(self.q.retire_key, (run_id,))
+            row = conn.execute(self.q.insert_run, params).fetchone()
+            assert row is not None
+            conn.execute(self.q.insert_run_event, (row[0], "run_created", Jsonb({"key": key, "replaces": str(run_id)})))
+            return str(row[0]), True
+
+    def resume(self, run_id: str, retry_failed: bool = True) -> Outcome:
+        """Execute ``run_id`` in this process until it finishes. Completed nodes never re-run."""
+        self.get_run(run_id)
+
+        async def go() -> Outcome:
+            async with Engine(self.settings) as engine:
+                return await engine.execute(run_id, retry_failed=retry_failed)
+
+        return asyncio.run(go())
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """The run's row as a dict; raises :class:`RunNotFound`."""
+        run_id = check_run_id(run_id)
+        with self._connect() as conn:
+            cur = conn.execute(self.q.get_run, (run_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id} in schema {self.settings.schema!r}")
+            assert cur.description is not None
+            return dict(zip([c.name for c in cur.description], row))
+
+    def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            cur = conn.execute(self.q.list_runs, (limit,))
+            assert cur.description is not None
+            names = [c.name for c in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def nodes(self, run_id: str) -> list[dict[str, Any]]:
+        run_id = check_run_id(run_id)
+        with self._connect() as conn:
+            cur = conn.execute(self.q.run_nodes, (run_id,))
+            assert cur.description is not None
+            names = [c.name for c in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def result(self, run_id: str) -> Any:
+        return self.get_run(run_id)["result"]
+
+    def cancel(self, run_id: str, reason: str = "cancelled by user") -> str:
+        """Request a cancel; returns the run's state: cancelled, cancelling or its final status."""
+        self.get_run(run_id)
+        with self._connect() as conn:
+            row = conn.execute(self.q.cancel_run, (check_run_id(run_id), reason)).fetchone()
+            assert row is not None
+            return str(row[0])
+
+    def signal(self, run_id: str, name: str, payload: Any = None) -> int:
+        """Send a signal; it is buffered until the run's ``wait_for_signal(name)`` takes it."""
+        self.get_run(run_id)
+        with self._connect() as conn:
+            row = conn.execute(self.q.send_signal, (check_run_id(run_id), name,
+                                                    None if payload is None else Jsonb(payload))).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def explain(self, target: str) -> str:
+        """The graph of a run (with node statuses) or of flow text, as an indented tree."""
+        try:
+            run_id = str(uuid.UUID(target))
+        except ValueError:
+            return explain_graph(compile_flow(target))
+        run = self.get_run(run_id)
+        flow = compile_flow(run["flow_text"], f"run {run_id}")
+        statuses: dict[str, str] = {}
+        for node in self.nodes(run_id):
+            statuses[node["node_id"]] = node["status"]
+        return explain_graph(flow, statuses)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str, ensure_ascii=False)

@@ -1,0 +1,521 @@
+"""Parser of the flow language (pg_durable compatible).
+
+Precedence, highest first: ``|=>``, ``&``, ``|``, ``~>``, ``?>``/``!>`` (right-associative),
+``@>`` (prefix). Chains of ``~>`` flatten into one :class:`Seq`; chains of ``&`` or ``|``
+written without parentheses flatten into one n-ary :class:`Join` or :class:`Race`.
+
+Guarantee: :func:`parse` either returns an AST or raises :class:`FlowError` with a line, a
+column and a caret excerpt. It never raises anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from dbt_durable.errors import FlowError
+from dbt_durable.flow import ast as A
+
+MAX_NESTING = 200
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+|--[^\n]*|/\*)
+  | (?P<string>'(?:[^']|'')*')
+  | (?P<dollar>\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)
+  | (?P<number>\d+(?:\.\d+)?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)
+  | (?P<op>\|=>|~>|\?>|!>|@>|::|&|\||\(|\)|,|=|-)
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # string | number | ident | op | eof
+    value: str
+    offset: int
+    text: str = ""  # the raw source text of the token
+
+
+def _position(source: str, offset: int) -> tuple[int, int]:
+    line = source.count("\n", 0, offset) + 1
+    col = offset - (source.rfind("\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def tokenize(source: str, origin: str = "<flow>") -> list[Token]:
+    """Split ``source`` into tokens; comments and whitespace are dropped."""
+    tokens: list[Token] = []
+    pos = 0
+    n = len(source)
+    while pos < n:
+        m = _TOKEN.match(source, pos)
+        if m is None:
+            line, col = _position(source, pos)
+            if source[pos] == "'":
+                raise FlowError("unterminated string literal", source, line, col, origin)
+            raise FlowError(f"unexpected character {source[pos]!r}", source, line, col, origin)
+        kind = m.lastgroup or ""
+        if kind == "ws":
+            if m.group() == "/*":
+                end = source.find("*/", pos + 2)
+                if end < 0:
+                    line, col = _position(source, pos)
+                    raise FlowError("unterminated /* comment", source, line, col, origin)
+                pos = end + 2
+            else:
+                pos = m.end()
+            continue
+        if kind == "dollar":
+            tag = m.group()
+            end = source.find(tag, m.end())
+            if end < 0:
+                line, col = _position(source, pos)
+                raise FlowError(f"unterminated {tag} string", source, line, col, origin)
+            body = source[m.end() : end]
+            tokens.append(Token("string", body, pos, source[pos : end + len(tag)]))
+            pos = end + len(tag)
+            continue
+        raw = m.group()
+        value = raw[1:-1].replace("''", "'") if kind == "string" else raw
+        tokens.append(Token(kind, value, pos, raw))
+        pos = m.end()
+    tokens.append(Token("eof", "", n, ""))
+    return tokens
+
+
+# name -> (min args, max args); arguments are checked by the builders below.
+FUNCTIONS: dict[str, tuple[int, int]] = {
+    "sql": (1, 1),
+    "seq": (2, 1_000_000),
+    "then": (2, 1_000_000),
+    "as": (2, 2),
+    "join": (2, 1_000_000),
+    "join3": (3, 3),
+    "race": (2, 1_000_000),
+    "if": (2, 3),
+    "if_rows": (2, 3),
+    "loop": (1, 2),
+    "break": (0, 1),
+    "sleep": (1, 1),
+    "wait_for_schedule": (1, 2),
+    "wait_for_signal": (1, 2),
+    "http": (1, 5),
+}
+
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
+
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "retries": (int,),
+    "backoff": (str, int, float),
+    "timeout": (str, int, float),
+    "transaction": (bool,),
+}
+
+# An argument is either an expression or a literal (with its token, for positions).
+Arg = tuple[A.Node | str | float | None, Token]
+
+
+class Parser:
+    """Recursive-descent parser over a token list. Use :func:`parse`."""
+
+    def __init__(self, source: str, origin: str = "<flow>"):
+        self.source = source
+        self.origin = origin
+        self.tokens = tokenize(source, origin)
+        self.i = 0
+        self.depth = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def error(self, message: str, token: Token | None = None) -> FlowError:
+        tok = token or self.peek()
+        line, col = _position(self.source, tok.offset)
+        return FlowError(message, self.source, line, col, self.origin)
+
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def advance(self) -> Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def at_op(self, op: str) -> bool:
+        tok = self.tokens[self.i]
+        return tok.kind == "op" and tok.value == op
+
+    def expect_op(self, op: str, context: str) -> Token:
+        if not self.at_op(op):
+            found = self.peek()
+            what = "end of input" if found.kind == "eof" else repr(found.text)
+            raise self.error(f"expected {op!r} {context}, found {what}")
+        return self.advance()
+
+    def pos_of(self, tok: Token) -> A.Pos:
+        return A.Pos(*_position(self.source, tok.offset))
+
+    # -- grammar ---------------------------------------------------------------------------
+    def parse_flow(self) -> A.Node:
+        if self.peek().kind == "eof":
+            raise self.error("empty flow: expected a SQL string or a node function")
+        node = self.expr()
+        if self.peek().kind != "eof":
+            tok = self.peek()
+            raise self.error(f"unexpected {tok.text!r} after a complete expression", tok)
+        return node
+
+    def expr(self) -> A.Node:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"flow is nested more than {MAX_NESTING} levels deep")
+        try:
+            if self.at_op("@>"):
+                tok = self.advance()
+                return A.Loop(self.expr(), None, pos=self.pos_of(tok))
+            return self.cond()
+        finally:
+            self.depth -= 1
+
+    def cond(self) -> A.Node:
+        first = self.peek()
+        test = self.seq()
+        if not self.at_op("?>"):
+            if self.at_op("!>"):
+                raise self.error("'!>' without a preceding '?>'")
+            return test
+        self.advance()
+        then = self.seq()
+        orelse = None
+        if self.at_op("!>"):
+            self.advance()
+            orelse = self.expr()
+        return A.If(test, then, orelse, pos=self.pos_of(first))
+
+    def _chain(
+        self, op: str, sub: Callable[[], A.Node], build: Callable[..., A.Node], flatten: bool
+    ) -> A.Node:
+        first = self.peek()
+        node = sub()
+        if not self.at_op(op):
+            return node
+        items = [node]
+        while self.at_op(op):
+            self.advance()
+            items.append(sub())
+        if flatten:
+            flat: list[A.Node] = []
+            for item in items:
+                flat.extend(item.items if isinstance(item, A.Seq) and not item.options else [item])
+            items = flat
+        return build(tuple(items), pos=self.pos_of(first))
+
+    def seq(self) -> A.Node:
+        return self._chain("~>", self.race, A.Seq, flatten=True)
+
+    def race(self) -> A.Node:
+        return self._chain("|", self.join, A.Race, flatten=False)
+
+    def join(self) -> A.Node:
+        return self._chain("&", self.bind, A.Join, flatten=False)
+
+    def bind(self) -> A.Node:
+        first = self.peek()
+        node = self.postfix()
+        while self.at_op("|=>"):
+            self.advance()
+            tok = self.peek()
+            if tok.kind != "string":
+                raise self.error("expected a quoted name after '|=>', e.g. |=> 'total'")
+            self.advance()
+            node = A.Bind(node, self._name(tok), pos=self.pos_of(first))
+        return node
+
+    def postfix(self) -> A.Node:
+        node = self.atom()
+        tok = self.peek()
+        if tok.kind == "ident" and tok.value.lower() == "with":
+            self.advance()
+            node = self._with_options(node, tok)
+        return node
+
+    def atom(self) -> A.Node:
+        tok = self.peek()
+        if tok.kind == "op" and tok.value == "(":
+            self.advance()
+            node = self.expr()
+            self.expect_op(")", "to close '('")
+            return node
+        if tok.kind == "string":
+            self.advance()
+            self._skip_cast()
+            return A.Sql(tok.value, pos=self.pos_of(tok))
+        if tok.kind == "ident":
+            return self.call()
+        if tok.kind == "op" and tok.value == "@>":
+            # Like SQL's NOT: a prefix operator may start an operand, and then takes the rest.
+            return self.expr()
+        if tok.kind == "eof":
+            raise self.error("unexpected end of input: expected a SQL string or a node function")
+        raise self.error(f"unexpected {tok.text!r}: expected a SQL string or a node function")
+
+    def call(self) -> A.Node:
+        tok = self.advance()
+        name = tok.value.lower()
+        if name.startswith("df."):
+            name = name[3:]
+        if "." in name:
+            raise self.error(f"unknown function {tok.value!r} (only the 'df.' prefix is allowed)", tok)
+        if name not in FUNCTIONS:
+            known = ", ".join(sorted(FUNCTIONS))
+            raise self.error(f"unknown function {tok.value!r}; known functions: {known}", tok)
+        self.expect_op("(", f"after {tok.value}")
+        args: list[Arg] = []
+        if not self.at_op(")"):
+            while True:
+                args.append(self._arg())
+                if self.at_op(","):
+                    self.advance()
+                    continue
+                break
+        self.expect_op(")", f"to close {tok.value}(")
+        lo, hi = FUNCTIONS[name]
+        if not lo <= len(args) <= hi:
+            want = str(lo) if lo == hi else (f"at least {lo}" if hi > 1000 else f"{lo} to {hi}")
+            raise self.error(f"{name}() takes {want} argument(s), got {len(args)}", tok)
+        return self._build(name, args, tok)
+
+    def _arg(self) -> Arg:
+        tok = self.peek()
+        if tok.kind == "number" or (tok.kind == "op" and tok.value == "-"):
+            return self._number(), tok
+        if tok.kind == "ident" and tok.value.lower() in ("null", "true", "false"):
+            self.advance()
+            return (None if tok.value.lower() == "null" else tok.value.lower()), tok
+        return self.expr(), tok
+
+    def _number(self) -> float:
+        tok = self.advance()
+        sign = 1.0
+        if tok.kind == "op":
+            sign = -1.0
+            tok = self.peek()
+            if tok.kind != "number":
+                raise self.error("expected a number after '-'")
+            self.advance()
+        return sign * float(tok.value)
+
+    def _skip_cast(self) -> None:
+        # pg_durable accepts '{"k": "v"}'::jsonb for HTTP headers; the cast is informational.
+        while self.at_op("::"):
+            self.advance()
+            if self.peek().kind != "ident":
+                raise self.error("expected a type name after '::'")
+            self.advance()
+
+    def _with_options(self, node: A.Node, with_tok: Token) -> A.Node:
+        self.expect_op("(", "after 'with'")
+        options: dict[str, A.OptionValue] = {}
+        while True:
+            key_tok = self.peek()
+            if key_tok.kind != "ident":
+                raise self.error("expected an option name, e.g. retries=3")
+            self.advance()
+            key = key_tok.value.lower()
+            if key not in OPTION_TYPES:
+                raise self.error(
+                    f"unknown option {key_tok.value!r}; options are: {', '.join(OPTION_TYPES)}",
+                    key_tok,
+                )
+            if key in options:
+                raise self.error(f"option {key!r} given twice", key_tok)
+            self.expect_op("=", f"after option {key!r}")
+            options[key] = self._option_value(key, key_tok)
+            if self.at_op(","):
+                self.advance()
+                continue
+            break
+        self.expect_op(")", "to close the option list")
+        if not isinstance(node, A.STEP_KINDS):
+            raise self.error("options apply to steps only (sql, http, sleep, waits)", with_tok)
+        if "transaction" in options and not isinstance(node, A.Sql):
+            raise self.error("transaction= applies to SQL steps only", with_tok)
+        merged = tuple(sorted({**dict(node.options), **options}.items()))
+        return _with(node, merged)
+
+    def _option_value(self, key: str, key_tok: Token) -> A.OptionValue:
+        tok = self.peek()
+        value: A.OptionValue
+        if tok.kind == "number":
+            self.advance()
+            value = int(tok.value) if tok.value.isdigit() else float(tok.value)
+        elif tok.kind == "string":
+            self.advance()
+            value = tok.value
+        elif tok.kind == "ident" and tok.value.lower() in ("true", "false"):
+            self.advance()
+            value = tok.value.lower() == "true"
+        else:
+            raise self.error(f"expected a value for option {key!r}")
+        if not isinstance(value, OPTION_TYPES[key]) or (isinstance(value, bool) and key != "transaction"):
+            raise self.error(f"bad value for option {key!r}: {tok.text}", tok)
+        if key in ("timeout", "backoff"):
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise self.error(str(exc), tok) from None
+        if key == "retries" and isinstance(value, int) and value < 0:
+            raise self.error("retries must be >= 0", tok)
+        return value
+
+    # -- node builders ---------------------------------------------------------------------
+    def _name(self, tok: Token) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tok.value):
+            raise self.error(f"invalid result name {tok.value!r}: use letters, digits and _", tok)
+        return tok.value
+
+    def _expr_arg(self, arg: Arg, what: str) -> A.Node:
+        value, tok = arg
+        if isinstance(value, A.Node):
+            return value
+        raise self.error(f"{what} must be an expression, not {tok.text}", tok)
+
+    def _string_arg(self, arg: Arg, what: str) -> str:
+        value, tok = arg
+        if isinstance(value, A.Sql) and tok.kind == "string":
+            return value.text
+        raise self.error(f"{what} must be a quoted string", tok)
+
+    def _number_arg(self, arg: Arg, what: str, allow_null: bool = False) -> float | None:
+        value, tok = arg
+        if value is None and allow_null:
+            return None
+        if isinstance(value, float):
+            if value < 0:
+                raise self.error(f"{what} must not be negative", tok)
+            return value
+        if isinstance(value, A.Sql) and tok.kind == "string":
+            try:
+                return float(value.text)
+            except ValueError:
+                pass
+        raise self.error(f"{what} must be a number", tok)
+
+    def _opt_string(self, arg: Arg, what: str) -> str | None:
+        if arg[0] is None:
+            return None
+        return self._string_arg(arg, what)
+
+    def _build(self, name: str, args: list[Arg], tok: Token) -> A.Node:
+        pos = self.pos_of(tok)
+        if name == "sql":
+            return A.Sql(self._string_arg(args[0], "sql() argument"), pos=pos)
+        if name in ("seq", "then"):
+            items: list[A.Node] = []
+            for arg in args:
+                node = self._expr_arg(arg, "seq() argument")
+                items.extend(node.items if isinstance(node, A.Seq) and not node.options else [node])
+            return A.Seq(tuple(items), pos=pos)
+        if name in ("join", "join3"):
+            return A.Join(tuple(self._expr_arg(a, "join() argument") for a in args), pos=pos)
+        if name == "race":
+            return A.Race(tuple(self._expr_arg(a, "race() argument") for a in args), pos=pos)
+        if name == "as":
+            return A.Bind(self._expr_arg(args[0], "as() body"), self._name(args[1][1]), pos=pos)
+        if name == "if":
+            cond = self._expr_arg(args[0], "if() condition")
+            then = self._expr_arg(args[1], "if() then-branch")
+            orelse = self._expr_arg(args[2], "if() else-branch") if len(args) > 2 else None
+            return A.If(cond, then, orelse, pos=pos)
+        if name == "if_rows":
+            ref = self._name(args[0][1]) if args[0][1].kind == "string" else None
+            if ref is None:
+                raise self.error("if_rows() first argument must be a quoted result name", args[0][1])
+            then = self._expr_arg(args[1], "if_rows() then-branch")
+            orelse = self._expr_arg(args[2], "if_rows() else-branch") if len(args) > 2 else None
+            return A.IfRows(ref, then, orelse, pos=pos)
+        if name == "loop":
+            body = self._expr_arg(args[0], "loop() body")
+            cond = self._expr_arg(args[1], "loop() condition") if len(args) > 1 else None
+            return A.Loop(body, cond, pos=pos)
+        if name == "break":
+            value = self._opt_string(args[0], "break() value") if args else None
+            return A.Break(value, pos=pos)
+        if name == "sleep":
+            seconds = self._number_arg(args[0], "sleep() seconds")
+            assert seconds is not None
+            return A.Sleep(seconds, pos=pos)
+        if name == "wait_for_schedule":
+            cron = self._string_arg(args[0], "wait_for_schedule() cron expression")
+            _check_cron(self, cron, args[0][1])
+            tz = self._opt_string(args[1], "time zone") if len(args) > 1 else None
+            if tz is not None:
+                _check_tz(self, tz, args[1][1])
+            return A.WaitSchedule(cron, tz, pos=pos)
+        if name == "wait_for_signal":
+            signal = self._name(args[0][1]) if args[0][1].kind == "string" else None
+            if signal is None:
+                raise self.error("wait_for_signal() name must be a quoted string", args[0][1])
+            timeout = self._number_arg(args[1], "timeout", allow_null=True) if len(args) > 1 else None
+            return A.WaitSignal(signal, timeout, pos=pos)
+        # http(url [, method, body, headers, timeout_s])
+        url = self._string_arg(args[0], "http() url")
+        if not re.match(r"https?://", url, re.IGNORECASE):
+            raise self.error("http() url must start with http:// or https://", args[0][1])
+        method = (self._opt_string(args[1], "http() method") or "GET") if len(args) > 1 else "GET"
+        if method.upper() not in HTTP_METHODS:
+            raise self.error(f"http() method must be one of {', '.join(HTTP_METHODS)}", args[1][1])
+        body = self._opt_string(args[2], "http() body") if len(args) > 2 else None
+        headers = self._opt_string(args[3], "http() headers") if len(args) > 3 else None
+        timeout = self._number_arg(args[4], "http() timeout", allow_null=True) if len(args) > 4 else None
+        return A.Http(url, method.upper(), body, headers, timeout, pos=pos)
+
+
+def _with(node: A.Node, options: tuple[tuple[str, A.OptionValue], ...]) -> A.Node:
+    import dataclasses
+
+    return dataclasses.replace(node, options=options)
+
+
+def _check_cron(parser: Parser, cron: str, tok: Token) -> None:
+    from croniter import croniter
+
+    if not croniter.is_valid(cron):
+        raise parser.error(f"invalid cron expression {cron!r}", tok)
+
+
+def _check_tz(parser: Parser, tz: str, tok: Token) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise parser.error(f"unknown time zone {tz!r}", tok) from None
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: A.OptionValue) -> float:
+    """Seconds in a duration: a number of seconds, or text such as '500ms', '30s', '5m', '2h'."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"bad duration {value!r}: use e.g. '500ms', '30s', '5m', '2h'")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def parse(source: str, origin: str = "<flow>") -> A.Node:
+    """Parse flow text into an AST. Raises :class:`FlowError` (with a position) on bad input."""
+    try:
+        return Parser(source, origin).parse_flow()
+    except RecursionError:
+        raise FlowError(
+            f"flow is nested more than {MAX_NESTING} levels deep", source, 1, 1, origin
+        ) from None

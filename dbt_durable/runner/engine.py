@@ -1,0 +1,542 @@
+"""The resumable runner: walks a run's graph and checkpoints every node in Postgres.
+
+Resuming is deterministic replay: every completed node execution is loaded once, and the
+walk returns a completed node's stored result instead of running it again. Branch decisions
+depend only on stored results (and a race stores its winner), so a resumed walk takes the
+same path as the original up to the first unfinished node.
+
+Execution keys: a node's id, plus ``#i.j`` for the loop iterations it runs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from dbt_durable.config import Settings
+from dbt_durable.errors import (
+    BindingError,
+    DurableError,
+    LeaseLost,
+    ResultTooLarge,
+    RunCancelled,
+    StepFailed,
+)
+from dbt_durable.flow import ast as A
+from dbt_durable.flow.parser import parse_duration
+from dbt_durable.flow.refs import VAR
+from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow
+from dbt_durable.runner import lease, results, steps
+from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
+from dbt_durable.store.queries import Queries
+
+log = logging.getLogger("dbt_durable.runner")
+
+MAX_BACKOFF_S = 300.0
+
+
+class BreakLoop(Exception):
+    """Raised by ``break()``; caught by the nearest enclosing loop."""
+
+    def __init__(self, value: Any):
+        super().__init__("break")
+        self.value = value
+
+
+@dataclass
+class Outcome:
+    """How a run ended in this runner: completed, failed, cancelled or waiting."""
+
+    run_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    failed_node: str | None = None
+    skipped: int = 0
+    executed: int = 0
+
+
+@dataclass
+class NodeProgress:
+    status: str
+    result: Any
+    wake_at: datetime | None
+    attempts: int
+
+
+@dataclass
+class RunState:
+    """Everything one run's walk needs; owned by one :class:`RunExecution`."""
+
+    run_id: str
+    flow: FlowGraph
+    vars: dict[str, str]
+    progress: dict[str, NodeProgress]
+    bindings: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0
+    executed: int = 0
+
+
+def exec_key(node_id: str, iters: tuple[int, ...]) -> str:
+    return node_id if not iters else f"{node_id}#{'.'.join(map(str, iters))}"
+
+
+class Engine:
+    """Owns the connection pool, the control connection and the owner id of one process.
+
+    One Engine can execute many runs, one after the other or at the same time.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] | None = None):
+        self.settings = settings
+        self.q = Queries(settings.schema)
+        self.owner = secrets.token_hex(8)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.types = steps.TypeNames()
+        self.pool: AsyncConnectionPool | None = None
+
+    async def __aenter__(self) -> Engine:
+        app = APP_PREFIX + self.owner
+        # Fail fast with a clear message if the database cannot be reached.
+        probe = await open_async(self.settings.dsn, app)
+        await probe.close()
+        self.pool = AsyncConnectionPool(
+            self.settings.dsn, min_size=1, max_size=self.settings.concurrency,
+            kwargs=connect_kwargs(self.settings.dsn, app), open=False,
+            timeout=self.settings.pool_timeout_s,
+        )
+        await self.pool.open(wait=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def execute(self, run_id: str, retry_failed: bool = False) -> Outcome:
+        """Run (or resume) ``run_id`` until it completes, fails, is cancelled or parks."""
+        return await RunExecution(self, run_id).run(retry_failed)
+
+
+class RunExecution:
+    """One runner's hold on one run: claim, walk, finish."""
+
+    def __init__(self, engine: Engine, run_id: str):
+        self.engine = engine
+        self.settings = engine.settings
+        self.q = engine.q
+        self.run_id = run_id
+        self.cancel_event = asyncio.Event()
+        self.lost_event = asyncio.Event()
+        self.state: RunState | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self, retry_failed: bool) -> Outcome:
+        s = self.settings
+        ctl = await open_async(s.dsn, APP_PREFIX + self.engine.owner + ":ctl")
+        try:
+            got = await lease.claim(
+                ctl, self.q, s.schema, self.run_id, self.engine.owner, s.lease_ttl_s,
+                s.claim_wait_s, retry_failed,
+            )
+            cur = await ctl.execute(self.q.get_run, (self.run_id,))
+            row = await cur.fetchone()
+            assert row is not None
+            if got is None:
+                return Outcome(self.run_id, row[6], row[11], row[12], row[13])
+            flow = compile_flow(row[3], f"run {self.run_id}")
+            progress = await self._load_progress(ctl)
+            self.state = RunState(self.run_id, flow, dict(row[5] or {}), progress)
+            if row[10] is not None:
+                return await self._finish(ctl, "cancelled", None, f"cancelled: {row[10]}", None)
+            beat = asyncio.create_task(lease.heartbeat(
+                ctl, self.q, self.run_id, self.engine.owner, s.lease_ttl_s, s.heartbeat_s,
+                self.cancel_event, self.lost_event,
+            ))
+            try:
+                return await self._walk_and_finish(ctl)
+            finally:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+        finally:
+            if not ctl.broken:
+                try:
+                    await lease.release(ctl, self.q, s.schema, self.run_id)
+                except psycopg.Error:
+                    pass
+            await ctl.close()
+
+    async def _load_progress(self, ctl: psycopg.AsyncConnection) -> dict[str, NodeProgress]:
+        cur = await ctl.execute(self.q.load_progress, (self.run_id,))
+        return {
+            key: NodeProgress(status, result, wake_at, attempts)
+            for key, status, result, wake_at, attempts in await cur.fetchall()
+        }
+
+    async def _walk_and_finish(self, ctl: psycopg.AsyncConnection) -> Outcome:
+        walk = asyncio.create_task(self.node(ROOT, ()))
+        cancel_wait = asyncio.create_task(self.cancel_event.wait())
+        lost_wait = asyncio.create_task(self.lost_event.wait())
+        try:
+            await asyncio.wait({walk, cancel_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel_wait.cancel()
+            lost_wait.cancel()
+        if not walk.done():
+            walk.cancel()
+            await asyncio.gather(walk, return_exceptions=True)
+        if self.lost_event.is_set():
+            return Outcome(self.run_id, "lost", error="lease lost to another runner")
+        if self.cancel_event.is_set() and (not walk.done() or walk.cancelled() or walk.exception()):
+            return await self._finish(ctl, "cancelled", None, "cancelled", None)
+        exc = walk.exception()
+        if exc is None:
+            return await self._finish(ctl, "completed", walk.result(), None, None)
+        if isinstance(exc, RunCancelled):
+            return await self._finish(ctl, "cancelled", None, str(exc), None)
+        if isinstance(exc, LeaseLost):
+            return Outcome(self.run_id, "lost", error=str(exc))
+        if isinstance(exc, BreakLoop):  # validation forbids it; kept as a safety net
+            return await self._finish(ctl, "failed", None, "break() outside of a loop", None)
+        if isinstance(exc, StepFailed):
+            return await self._finish(ctl, "failed", None, exc.message, exc.exec_key)
+        raise exc
+
+    async def _finish(self, ctl: psycopg.AsyncConnection, status: str, result: Any,
+                      error: str | None, failed_node: str | None) -> Outcome:
+        params = {
+            "status": status, "result": Jsonb(result) if result is not None else None,
+            "error": error, "failed_node": failed_node, "wake_at": None,
+            "run_id": self.run_id, "owner": self.engine.owner,
+        }
+        async with ctl.transaction():
+            cur = await ctl.execute(self.q.finish_run, params)
+            if await cur.fetchone() is None:
+                return Outcome(self.run_id, "lost", error="lease lost to another runner")
+            await ctl.execute(self.q.insert_run_event, (
+                self.run_id, f"run_{status}", Jsonb({"error": error, "failed_node": failed_node}),
+            ))
+        st = self.state
+        return Outcome(self.run_id, status, result, error, failed_node,
+                       st.skipped if st else 0, st.executed if st else 0)
+
+    # -- the walk --------------------------------------------------------------------------
+    async def node(self, node_id: str, iters: tuple[int, ...]) -> Any:
+        st = self.state
+        assert st is not None
+        ast = st.flow.node(node_id)
+        if isinstance(ast, A.Seq):
+            result = None
+            for kid in st.flow.children(node_id):
+                result = await self.node(kid, iters)
+            return result
+        if isinstance(ast, A.Bind):
+            value = await self.node(st.flow.children(node_id)[0], iters)
+            st.bindings[ast.name] = value
+            return value
+        if isinstance(ast, A.Join):
+            return await self._join(node_id, iters)
+        if isinstance(ast, A.Race):
+            return await self._race(node_id, iters)
+        if isinstance(ast, A.If):
+            kids = st.flow.children(node_id)
+            if results.truthy(await self.node(kids[0], iters)):
+                return await self.node(kids[1], iters)
+            return await self.node(kids[2], iters) if len(kids) > 2 else None
+        if isinstance(ast, A.IfRows):
+            kids = st.flow.children(node_id)
+            bound = st.bindings.get(ast.name)
+            has_rows = bool(bound.get("rows")) if isinstance(bound, dict) and "rows" in bound else bool(bound)
+            if has_rows:
+                return await self.node(kids[0], iters)
+            return await self.node(kids[1], iters) if len(kids) > 1 else None
+        if isinstance(ast, A.Loop):
+            return await self._loop(node_id, iters)
+        if isinstance(ast, A.Break):
+            value = ast.value
+            if value is not None:
+                value = self._substitute(value, node_id, iters, attempt=1, conn=None)
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass
+            raise BreakLoop(value)
+        key = exec_key(node_id, iters)
+        done = st.progress.get(key)
+        if done is not None and done.status == "completed":
+            st.skipped += 1
+            return done.result
+        st.executed += 1
+        return await self._step(node_id, iters, key, ast)
+
+    async def _join(self, node_id: str, iters: tuple[int, ...]) -> list[Any]:
+        st = self.state
+        assert st is not None
+        tasks = [asyncio.create_task(self.node(kid, iters)) for kid in st.flow.children(node_id)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _race(self, node_id: str, iters: tuple[int, ...]) -> Any:
+        st = self.state
+        assert st is not None
+        key = exec_key(node_id, iters)
+        kids = st.flow.children(node_id)
+        done = st.progress.get(key)
+        if done is not None and done.status == "completed":
+            # Replay only the winner, so its bindings are restored; its nodes are all done.
+            await self.node(kids[done.result["winner"]], iters)
+            st.skipped += 1
+            return done.result["value"]
+        tasks = {asyncio.create_task(self.node(kid, iters)): i for i, kid in enumerate(kids)}
+        pending = set(tasks)
+        first_error: BaseException | None = None
+        try:
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    exc = task.exception()
+                    if exc is None:
+                        value = task.result()
+                        await self._checkpoint(key, node_id, "race", 1, {"winner": tasks[task], "value": value})
+                        return value
+                    if not isinstance(exc, StepFailed):
+                        raise exc
+                    first_error = first_error or exc
+            assert first_error is not None
+            raise first_error
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _loop(self, node_id: str, iters: tuple[int, ...]) -> Any:
+        st = self.state
+        assert st is not None
+        kids = st.flow.children(node_id)
+        i = 0
+        while True:
+            inner = iters + (i,)
+            try:
+                value = await self.node(kids[0], inner)
+            except BreakLoop as brk:
+                return brk.value
+            if len(kids) > 1 and not results.truthy(await self.node(kids[1], inner)):
+                return value
+            i += 1
+
+    # -- steps -----------------------------------------------------------------------------
+    async def _step(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Node) -> Any:
+        retries = int(ast.option("retries", 0) or 0)
+        backoff = parse_duration(ast.option("backoff", 1.0) or 1.0)
+        timeout = ast.option("timeout")
+        timeout_s = parse_duration(timeout) if timeout is not None else None
+        attempt = (self.state.progress[key].attempts if key in self.state.progress else 0) if self.state else 0
+        failures = 0
+        reconnect_deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(node_id, iters, key, ast, attempt, timeout_s)
+            except (LeaseLost, RunCancelled, asyncio.CancelledError):
+                raise
+            except steps.StepSqlError as exc:
+                if exc.transient:
+                    # The connection broke (restart, terminated backend): retry without
+                    # spending an attempt, for up to reconnect_timeout_s.
+                    now = loop.time()
+                    reconnect_deadline = reconnect_deadline or now + self.settings.reconnect_timeout_s
+                    if now < reconnect_deadline:
+                        attempt -= 1
+                        await asyncio.sleep(min(2.0, 0.1 * 2 ** min(failures, 5)))
+                        failures += 1
+                        continue
+                error: Exception = exc
+            except (ResultTooLarge, BindingError) as exc:
+                await self._fail(key, node_id, ast, attempt, str(exc))
+                raise StepFailed(key, str(exc)) from None
+            except (PoolTimeout, psycopg.Error, DurableError, OSError, TimeoutError) as exc:
+                error = exc
+            message = str(error) or type(error).__name__
+            if isinstance(error, PoolTimeout):
+                message = f"no database connection free within {self.settings.pool_timeout_s}s: {message}"
+            if attempt > retries:
+                await self._fail(key, node_id, ast, attempt, message)
+                raise StepFailed(key, message) from None
+            await self._event(key, "node_retry", {"attempt": attempt, "error": message})
+            delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Node,
+                       attempt: int, timeout_s: float | None) -> Any:
+        if isinstance(ast, A.Sql):
+            return await self._sql(node_id, iters, key, ast, attempt, timeout_s)
+        if isinstance(ast, A.Sleep):
+            return await self._timer(node_id, key, ast, lambda now: now + timedelta(seconds=ast.seconds))
+        if isinstance(ast, A.WaitSchedule):
+            return await self._timer(node_id, key, ast, lambda now: _next_slot(ast, now))
+        if isinstance(ast, A.WaitSignal):
+            return await self._wait_signal(node_id, key, ast)
+        if isinstance(ast, A.Http):
+            from dbt_durable.runner.http import run_http
+
+            text = {f: self._substitute(getattr(ast, f), node_id, iters, attempt, None, raw=True)
+                    if getattr(ast, f) else None for f in ("url", "body", "headers")}
+            idem = self._idempotency_key(key, attempt)
+            result = await run_http(ast, text["url"] or ast.url, text["body"], text["headers"], idem,
+                                    self.settings.max_result_bytes, timeout_s)
+            await self._checkpoint(key, node_id, "http", attempt, result)
+            return result
+        raise DurableError(f"cannot execute node kind {A.kind_of(ast)}")
+
+    async def _sql(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Sql,
+                   attempt: int, timeout_s: float | None) -> Any:
+        assert self.engine.pool is not None
+        caps = (self.settings.max_result_rows, self.settings.max_result_bytes)
+        async with self.engine.pool.connection() as conn:
+            text = self._substitute(ast.text, node_id, iters, attempt, conn)
+            if ast.option("transaction", True):
+                args = [self.run_id, self.engine.owner, key, node_id, "sql", attempt, None,
+                        self.engine.clock()]
+                return await steps.run_transactional(
+                    conn, text, timeout_s, self.q.checkpoint, args, self.engine.types,
+                    self.q.type_names, caps,
+                )
+            result = await steps.run_autocommit(conn, text, timeout_s, self.engine.types,
+                                                self.q.type_names, caps)
+        await self._checkpoint(key, node_id, "sql", attempt, result)
+        return result
+
+    async def _timer(self, node_id: str, key: str, ast: A.Node,
+                     wake: Callable[[datetime], datetime]) -> Any:
+        st = self.state
+        assert st is not None
+        parked = st.progress.get(key)
+        wake_at = parked.wake_at if parked is not None and parked.wake_at else None
+        if wake_at is None:
+            wake_at = wake(self.engine.clock())
+            await self._mark(key, node_id, A.kind_of(ast), "waiting", 1, None, wake_at)
+            st.progress[key] = NodeProgress("waiting", None, wake_at, 1)
+        delay = (wake_at - self.engine.clock()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        result = {"woke_at": wake_at.isoformat()}
+        await self._checkpoint(key, node_id, A.kind_of(ast), 1, result)
+        return result
+
+    async def _wait_signal(self, node_id: str, key: str, ast: A.WaitSignal) -> Any:
+        st = self.state
+        assert st is not None and self.engine.pool is not None
+        parked = st.progress.get(key)
+        deadline = parked.wake_at if parked is not None else None
+        if deadline is None and ast.timeout_s is not None:
+            deadline = self.engine.clock() + timedelta(seconds=ast.timeout_s)
+        if parked is None:
+            await self._mark(key, node_id, "wait_for_signal", "waiting", 1, None, deadline)
+            st.progress[key] = NodeProgress("waiting", None, deadline, 1)
+        poll = 0.05
+        while True:
+            async with self.engine.pool.connection() as conn:
+                async with conn.transaction():
+                    cur = await conn.execute(self.q.consume_signal,
+                                             {"exec_key": key, "run_id": self.run_id, "name": ast.name})
+                    row = await cur.fetchone()
+                    if row is not None:
+                        result = {"signal_name": ast.name, "payload": row[0], "timed_out": False,
+                                  "sent_at": row[1].isoformat()}
+                        await self._checkpoint_on(conn, key, node_id, "wait_for_signal", 1, result)
+                        return result
+            if deadline is not None and self.engine.clock() >= deadline:
+                result = {"signal_name": ast.name, "payload": None, "timed_out": True}
+                await self._checkpoint(key, node_id, "wait_for_signal", 1, result)
+                return result
+            await asyncio.sleep(poll)
+            poll = min(poll * 2, 1.0)
+
+    # -- state writes ----------------------------------------------------------------------
+    async def _checkpoint(self, key: str, node_id: str, kind: str, attempt: int, result: Any) -> None:
+        assert self.engine.pool is not None
+        async with self.engine.pool.connection() as conn:
+            await self._checkpoint_on(conn, key, node_id, kind, attempt, result)
+
+    async def _checkpoint_on(self, conn: psycopg.AsyncConnection, key: str, node_id: str, kind: str,
+                             attempt: int, result: Any) -> None:
+        args = (self.run_id, self.engine.owner, key, node_id, kind, attempt, Jsonb(result),
+                self.engine.clock())
+        await self._fenced(conn.execute(self.q.checkpoint, args))
+
+    async def _mark(self, key: str, node_id: str, kind: str, status: str, attempt: int,
+                    error: str | None, wake_at: datetime | None) -> None:
+        assert self.engine.pool is not None
+        args = (self.run_id, self.engine.owner, key, node_id, kind, status, attempt, error, wake_at)
+        async with self.engine.pool.connection() as conn:
+            await self._fenced(conn.execute(self.q.mark_node, args))
+
+    async def _fail(self, key: str, node_id: str, ast: A.Node, attempt: int, message: str) -> None:
+        await self._mark(key, node_id, A.kind_of(ast), "failed", attempt, message, None)
+
+    async def _event(self, key: str, kind: str, detail: dict[str, Any]) -> None:
+        assert self.engine.pool is not None
+        async with self.engine.pool.connection() as conn:
+            await conn.execute(self.q.insert_run_event, (self.run_id, kind, Jsonb({"exec_key": key, **detail})))
+
+    async def _fenced(self, statement: Awaitable[Any]) -> Any:
+        try:
+            return await statement
+        except psycopg.Error as exc:
+            err = steps.fence_error(exc)
+            if err is not None:
+                raise err from None
+            raise
+
+    # -- text ------------------------------------------------------------------------------
+    def _idempotency_key(self, key: str, attempt: int) -> str:
+        # Stable across retries and resumes, so a receiver can deduplicate every attempt.
+        return f"{self.run_id}:{key}"
+
+    def _substitute(self, text: str, node_id: str, iters: tuple[int, ...], attempt: int,
+                    conn: Any, raw: bool = False) -> str:
+        st = self.state
+        assert st is not None
+        key = exec_key(node_id, iters)
+        system = {
+            "sys_run_id": self.run_id,
+            "sys_node": key,
+            "sys_idempotency_key": self._idempotency_key(key, attempt),
+        }
+
+        def var(m: Any) -> str:
+            name = m["name"]
+            if name in system:
+                return system[name]
+            return st.vars.get(name, m.group())
+
+        text = VAR.sub(var, text)
+        if raw:
+            return results.render_raw(text, st.bindings)
+        return results.render(text, st.bindings, conn)
+
+
+def _next_slot(ast: A.WaitSchedule, now: datetime) -> datetime:
+    import zoneinfo
+
+    from croniter import croniter
+
+    tz = zoneinfo.ZoneInfo(ast.tz or "UTC")
+    nxt: datetime = croniter(ast.cron, now.astimezone(tz)).get_next(datetime)
+    return nxt.astimezone(UTC)

@@ -1,0 +1,61 @@
+"""Apply the runtime migrations in ``runtime/migrations`` in order.
+
+Guarantees: migrations run under a transaction-level advisory lock, each in its own
+transaction, each at most once (recorded in ``<schema>.schema_version``). Running
+:func:`migrate` concurrently or repeatedly is safe.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+MIGRATION_LOCK = 0x6462_7464_7572  # "dbtdur"
+
+
+def schema_sql(text: str, schema: str) -> str:
+    """``text`` with ``__SCHEMA__`` replaced by the quoted schema identifier."""
+    return text.replace("__SCHEMA__", sql.Identifier(schema).as_string(None))
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, SQL) of every shipped migration, in version order."""
+    folder = resources.files("dbt_durable.runtime_sql.migrations")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
+    """Bring ``schema`` up to date; returns the names of the migrations applied now."""
+    applied: list[str] = []
+    ident = sql.Identifier(schema)
+    for version, name, text in migrations():
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_version ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(ident)
+            )
+            row = conn.execute(
+                sql.SQL("SELECT 1 FROM {}.schema_version WHERE version = %s").format(ident),
+                (version,),
+            ).fetchone()
+            if row:
+                continue
+            conn.execute(schema_sql(text, schema))  # type: ignore[arg-type]
+            conn.execute(
+                sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(ident),
+                (version, name),
+            )
+            applied.append(name)
+    return applied
