@@ -37,7 +37,7 @@ from dbt_durable.flow import ast as A
 from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
 from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow
-from dbt_durable.runner import lease, results, steps
+from dbt_durable.runner import faults, lease, results, steps
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
 from dbt_durable.store.queries import Queries
 
@@ -277,7 +277,10 @@ class RunExecution:
             st.skipped += 1
             return done.result
         st.executed += 1
-        return await self._step(node_id, iters, key, ast)
+        faults.hit("before_step", key)
+        value = await self._step(node_id, iters, key, ast)
+        faults.hit("after_commit", key)
+        return value
 
     async def _join(self, node_id: str, iters: tuple[int, ...]) -> list[Any]:
         st = self.state

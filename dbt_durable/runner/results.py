@@ -107,17 +107,18 @@ def _truthy_value(value: Any) -> bool:
 def literal(value: Any, type_name: str, conn: Any) -> str:
     """``value`` as a SQL literal that Postgres reads back as the same ``type_name`` value."""
     if value is None:
-        return "NULL" if type_name in TEXT_TYPES else f"NULL::{type_name}"
+        return "NULL" if type_name in TEXT_TYPES else f"(NULL::{type_name})"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int) and type_name in INT_TYPES:
         return str(value)
     if type_name in JSON_TYPES or isinstance(value, (dict, list)):
         text = json.dumps(value, ensure_ascii=False)
-        return f"{_quote(text, conn)}::{'json' if type_name == 'json' else 'jsonb'}"
+        return f"({_quote(text, conn)}::{'json' if type_name == 'json' else 'jsonb'})"
     text = value if isinstance(value, str) else (repr(value) if isinstance(value, float) else str(value))
     quoted = _quote(text, conn)
-    return quoted if type_name in TEXT_TYPES else f"{quoted}::{type_name}"
+    # Parenthesized, so a following subscript or operator applies to the value, not the type.
+    return quoted if type_name in TEXT_TYPES else f"({quoted}::{type_name})"
 
 
 def _quote(text: str, conn: Any) -> str:

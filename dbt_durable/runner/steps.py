@@ -16,6 +16,7 @@ import psycopg
 from psycopg import pq, sql
 
 from dbt_durable.errors import DurableError, LeaseLost, RunCancelled
+from dbt_durable.runner import faults
 from dbt_durable.runner.results import build_result
 
 
@@ -92,6 +93,7 @@ async def run_transactional(
         await _rollback(conn)
         raise StepSqlError(_describe(exc), transient=conn.broken) from None
     res = _last_result(cur)
+    faults.hit("in_step", checkpoint_args[2])
     if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
         await _rollback(conn)
         raise StepSqlError(

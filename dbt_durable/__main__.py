@@ -1,0 +1,3 @@
+from dbt_durable.cli import main
+
+main()

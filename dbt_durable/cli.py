@@ -1,0 +1,271 @@
+"""The ``dbt-durable`` command line.
+
+Built on click (already a dependency of dbt-core, and what dbt's own CLI uses) and rich (for
+tables). The database comes from ``--dsn``, then ``DBT_DURABLE_DSN``, else the embedded
+default database under ``.dbt_durable/``, which is started for the command and stopped after.
+
+Exit codes: 0 success; 1 a run failed or was cancelled; 2 bad input or an unreachable database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from dbt_durable.errors import DurableError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def _database(dsn: str | None) -> Iterator[str]:
+    if dsn:
+        yield dsn
+        return
+    from dbt_durable.embedded import DEFAULT_HOME, embedded_database
+
+    click.echo(f"Using the embedded database under {DEFAULT_HOME}/ (set --dsn or DBT_DURABLE_DSN to use yours)",
+               err=True)
+    with embedded_database(DEFAULT_HOME) as uri:
+        yield uri
+
+
+def _client(ctx: click.Context) -> Any:
+    from dbt_durable.api import Client
+    from dbt_durable.config import Settings
+
+    obj = ctx.obj
+    return Client(Settings(dsn=obj["dsn"], schema=obj["schema"], concurrency=obj["concurrency"]))
+
+
+def _handles_errors(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DurableError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _with_db(func: F) -> F:
+    """Run the command with ``ctx.obj['dsn']`` set, starting the embedded database if needed."""
+
+    @wraps(func)
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        with _database(ctx.obj["dsn_option"]) as dsn:
+            ctx.obj["dsn"] = dsn
+            return ctx.invoke(func, *args, **kwargs)
+
+    return _handles_errors(wrapper)  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dsn", envvar="DBT_DURABLE_DSN", help="Postgres connection string (default: embedded database).")
+@click.option("--schema", envvar="DBT_DURABLE_SCHEMA", default="dbt_durable", show_default=True,
+              help="Schema holding the durable state.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Parallel branches (pooled connections) per runner.")
+@click.version_option(package_name="dbt-durable")
+@click.pass_context
+def main(ctx: click.Context, dsn: str | None, schema: str, concurrency: int) -> None:
+    """Durable, resumable workflow graphs of SQL steps, checkpointed in PostgreSQL."""
+    ctx.obj = {"dsn_option": dsn, "schema": schema, "concurrency": concurrency}
+
+
+def _report(outcome: Any, as_json: bool) -> None:
+    if as_json:
+        return
+    if outcome.status == "completed":
+        click.echo(f"run {outcome.run_id} completed: {outcome.executed} node(s) ran, "
+                   f"{outcome.skipped} already done", err=True)
+    elif outcome.status == "failed":
+        click.echo(f"run {outcome.run_id} failed at node {outcome.failed_node}: {outcome.error}", err=True)
+    else:
+        click.echo(f"run {outcome.run_id} is {outcome.status}" + (f": {outcome.error}" if outcome.error else ""),
+                   err=True)
+
+
+def _exit_for(outcome: Any) -> None:
+    if outcome is not None and outcome.status != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("expr")
+@click.option("--name", default="adhoc", show_default=True, help="Flow name (groups runs; scopes --key).")
+@click.option("--key", default=None, help="Run key: starting the same flow with the same key resumes it.")
+@click.option("--var", "vars_", multiple=True, metavar="NAME=VALUE", help="A {NAME} variable (repeatable).")
+@click.option("--wait/--no-wait", default=False,
+              help="Run to the end in this process; exit 0 only if the run completed.")
+@click.option("--fresh", is_flag=True, help="Start over even if a run with this key exists with another flow.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of the run id.")
+@click.option("-f", "--file", "from_file", is_flag=True, help="EXPR is a path to a file holding the flow.")
+@_with_db
+@click.pass_context
+def start(ctx: click.Context, expr: str, name: str, key: str | None, vars_: tuple[str, ...], wait: bool,
+          fresh: bool, as_json: bool, from_file: bool) -> None:
+    """Start a run of the flow EXPR (or resume the run with --key). Prints the run id last."""
+    from dbt_durable.api import parse_vars
+
+    origin = "<flow>"
+    if from_file:
+        origin = expr
+        try:
+            expr = Path(expr).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {origin}: {exc.strerror}") from None
+    variables = parse_vars(list(vars_))
+    started = _client(ctx).start(expr, name=name, key=key, vars=variables, fresh=fresh, wait=wait,
+                                 origin=origin)
+    outcome = started.outcome
+    if outcome is not None:
+        _report(outcome, as_json)
+    if as_json:
+        payload: dict[str, Any] = {"run_id": started.run_id, "created": started.created}
+        if outcome is not None:
+            payload.update(status=outcome.status, result=outcome.result, error=outcome.error,
+                           failed_node=outcome.failed_node)
+        click.echo(json.dumps(payload, default=str))
+    else:
+        click.echo(started.run_id)
+    _exit_for(outcome)
+
+
+@main.command()
+@click.argument("run_id")
+@_with_db
+@click.pass_context
+def resume(ctx: click.Context, run_id: str) -> None:
+    """Resume RUN_ID from its last checkpoint (a failed run retries its failed node)."""
+    outcome = _client(ctx).resume(run_id)
+    _report(outcome, False)
+    _exit_for(outcome)
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=20, show_default=True)
+@_with_db
+@click.pass_context
+def status(ctx: click.Context, run_id: str | None, as_json: bool, limit: int) -> None:
+    """Show one run with its nodes, or the latest runs."""
+    from dbt_durable.api import dumps
+
+    client = _client(ctx)
+    if run_id:
+        run = client.get_run(run_id)
+        run.pop("flow_text", None)
+        nodes = client.nodes(run_id)
+        if as_json:
+            click.echo(dumps({"run": run, "nodes": nodes}))
+            return
+        _print_table(f"run {run['run_id']} ({run['flow_name']}): {run['status']}",
+                     ["node", "kind", "status", "attempts", "error"],
+                     [[n["exec_key"], n["kind"], n["status"], n["attempts"], n["error"] or ""] for n in nodes])
+        if run["error"]:
+            click.echo(f"error at node {run['failed_node']}: {run['error']}")
+        return
+    runs = client.list_runs(limit)
+    if as_json:
+        click.echo(dumps(runs))
+        return
+    _print_table("runs", ["run_id", "flow", "key", "status", "done", "failed node", "created"],
+                 [[r["run_id"], r["flow_name"], r["run_key"] or "", r["status"], r["nodes_completed"],
+                   r["failed_node"] or "", r["created_at"]] for r in runs])
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    Console(width=max(100, int(os.environ.get("COLUMNS", "0") or 0))).print(table)
+
+
+@main.command()
+@click.argument("run_id")
+@_with_db
+@click.pass_context
+def result(ctx: click.Context, run_id: str) -> None:
+    """Print the result of RUN_ID as JSON."""
+    from dbt_durable.api import dumps
+
+    click.echo(dumps(_client(ctx).result(run_id)))
+
+
+@main.command()
+@click.argument("target")
+@click.pass_context
+@_handles_errors
+def explain(ctx: click.Context, target: str) -> None:
+    """Print the graph of a run (with node statuses) or of a flow expression."""
+    import uuid
+
+    try:
+        uuid.UUID(target)
+    except ValueError:
+        from dbt_durable.graph.build import compile_flow
+        from dbt_durable.graph.explain import explain as explain_graph
+
+        click.echo(explain_graph(compile_flow(target)))
+        return
+    with _database(ctx.obj["dsn_option"]) as dsn:
+        ctx.obj["dsn"] = dsn
+        click.echo(_client(ctx).explain(target))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="cancelled by user", show_default=True)
+@_with_db
+@click.pass_context
+def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
+    """Cancel RUN_ID: it stops at the next node boundary; running statements are interrupted."""
+    click.echo(_client(ctx).cancel(run_id, reason))
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("name")
+@click.argument("payload", required=False)
+@_with_db
+@click.pass_context
+def signal(ctx: click.Context, run_id: str, name: str, payload: str | None) -> None:
+    """Send signal NAME (with an optional JSON PAYLOAD) to RUN_ID. Signals are buffered."""
+    value = None
+    if payload is not None:
+        try:
+            value = json.loads(payload)
+        except ValueError as exc:
+            raise click.BadParameter(f"PAYLOAD must be JSON: {exc}") from None
+    click.echo(_client(ctx).signal(run_id, name, value))
+
+
+@main.command()
+@_with_db
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the state schema (safe to run any number of times)."""
+    applied = _client(ctx).migrate()
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+if __name__ == "__main__":
+    main()
