@@ -72,9 +72,16 @@ class Client:
         with self._connect() as conn:
             return apply_migrations(conn, self.settings.schema)
 
-    def start(self, flow_text: str, name: str = DEFAULT_FLOW_NAME, key: str | None = None,
-              vars: dict[str, str] | None = None, fresh: bool = False, wait: bool = True,
-              origin: str = "<flow>") -> Started:
+    def start(
+        self,
+        flow_text: str,
+        name: str = DEFAULT_FLOW_NAME,
+        key: str | None = None,
+        vars: dict[str, str] | None = None,
+        fresh: bool = False,
+        wait: bool = True,
+        origin: str = "<flow>",
+    ) -> Started:
         """Create a run (or find the one with this ``key``) and, with ``wait``, execute it.
 
         With a ``key``, an existing run whose flow is unchanged is resumed rather than
@@ -91,11 +98,22 @@ class Client:
             started.outcome = self.resume(run_id)
         return started
 
-    def _create(self, conn: psycopg.Connection, flow: FlowGraph, name: str, key: str | None,
-                vars: dict[str, str], fresh: bool) -> tuple[str, bool]:
+    def _create(
+        self,
+        conn: psycopg.Connection,
+        flow: FlowGraph,
+        name: str,
+        key: str | None,
+        vars: dict[str, str],
+        fresh: bool,
+    ) -> tuple[str, bool]:
         params = {
-            "flow_name": name, "run_key": key, "flow_text": flow.text,
-            "graph": Jsonb(flow.to_json()), "graph_hash": flow.graph_hash, "vars": Jsonb(vars),
+            "flow_name": name,
+            "run_key": key,
+            "flow_text": flow.text,
+            "graph": Jsonb(flow.to_json()),
+            "graph_hash": flow.graph_hash,
+            "vars": Jsonb(vars),
         }
         with conn.transaction():
             row = conn.execute(self.q.insert_run, params).fetchone()
@@ -117,7 +135,9 @@ class Client:
             conn.execute(self.q.retire_key, (run_id,))
             row = conn.execute(self.q.insert_run, params).fetchone()
             assert row is not None
-            conn.execute(self.q.insert_run_event, (row[0], "run_created", Jsonb({"key": key, "replaces": str(run_id)})))
+            conn.execute(
+                self.q.insert_run_event, (row[0], "run_created", Jsonb({"key": key, "replaces": str(run_id)}))
+            )
             return str(row[0]), True
 
     def resume(self, run_id: str, retry_failed: bool = True) -> Outcome:
@@ -171,8 +191,9 @@ class Client:
         """Send a signal; it is buffered until the run's ``wait_for_signal(name)`` takes it."""
         self.get_run(run_id)
         with self._connect() as conn:
-            row = conn.execute(self.q.send_signal, (check_run_id(run_id), name,
-                                                    None if payload is None else Jsonb(payload))).fetchone()
+            row = conn.execute(
+                self.q.send_signal, (check_run_id(run_id), name, None if payload is None else Jsonb(payload))
+            ).fetchone()
             assert row is not None
             return int(row[0])
 

@@ -32,8 +32,10 @@ def _database(dsn: str | None) -> Iterator[str]:
         return
     from dbt_durable.embedded import DEFAULT_HOME, embedded_database
 
-    click.echo(f"Using the embedded database under {DEFAULT_HOME}/ (set --dsn or DBT_DURABLE_DSN to use yours)",
-               err=True)
+    click.echo(
+        f"Using the embedded database under {DEFAULT_HOME}/ (set --dsn or DBT_DURABLE_DSN to use yours)",
+        err=True,
+    )
     with embedded_database(DEFAULT_HOME) as uri:
         yield uri
 
@@ -72,11 +74,23 @@ def _with_db(func: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dsn", envvar="DBT_DURABLE_DSN", help="Postgres connection string (default: embedded database).")
-@click.option("--schema", envvar="DBT_DURABLE_SCHEMA", default="dbt_durable", show_default=True,
-              help="Schema holding the durable state.")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Parallel branches (pooled connections) per runner.")
+@click.option(
+    "--dsn", envvar="DBT_DURABLE_DSN", help="Postgres connection string (default: embedded database)."
+)
+@click.option(
+    "--schema",
+    envvar="DBT_DURABLE_SCHEMA",
+    default="dbt_durable",
+    show_default=True,
+    help="Schema holding the durable state.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Parallel branches (pooled connections) per runner.",
+)
 @click.version_option(package_name="dbt-durable")
 @click.pass_context
 def main(ctx: click.Context, dsn: str | None, schema: str, concurrency: int) -> None:
@@ -88,13 +102,17 @@ def _report(outcome: Any, as_json: bool) -> None:
     if as_json:
         return
     if outcome.status == "completed":
-        click.echo(f"run {outcome.run_id} completed: {outcome.executed} node(s) ran, "
-                   f"{outcome.skipped} already done", err=True)
+        click.echo(
+            f"run {outcome.run_id} completed: {outcome.executed} node(s) ran, {outcome.skipped} already done",
+            err=True,
+        )
     elif outcome.status == "failed":
         click.echo(f"run {outcome.run_id} failed at node {outcome.failed_node}: {outcome.error}", err=True)
     else:
-        click.echo(f"run {outcome.run_id} is {outcome.status}" + (f": {outcome.error}" if outcome.error else ""),
-                   err=True)
+        click.echo(
+            f"run {outcome.run_id} is {outcome.status}" + (f": {outcome.error}" if outcome.error else ""),
+            err=True,
+        )
 
 
 def _exit_for(outcome: Any) -> None:
@@ -107,15 +125,29 @@ def _exit_for(outcome: Any) -> None:
 @click.option("--name", default="adhoc", show_default=True, help="Flow name (groups runs; scopes --key).")
 @click.option("--key", default=None, help="Run key: starting the same flow with the same key resumes it.")
 @click.option("--var", "vars_", multiple=True, metavar="NAME=VALUE", help="A {NAME} variable (repeatable).")
-@click.option("--wait/--no-wait", default=False,
-              help="Run to the end in this process; exit 0 only if the run completed.")
-@click.option("--fresh", is_flag=True, help="Start over even if a run with this key exists with another flow.")
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    help="Run to the end in this process; exit 0 only if the run completed.",
+)
+@click.option(
+    "--fresh", is_flag=True, help="Start over even if a run with this key exists with another flow."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of the run id.")
 @click.option("-f", "--file", "from_file", is_flag=True, help="EXPR is a path to a file holding the flow.")
 @_with_db
 @click.pass_context
-def start(ctx: click.Context, expr: str, name: str, key: str | None, vars_: tuple[str, ...], wait: bool,
-          fresh: bool, as_json: bool, from_file: bool) -> None:
+def start(
+    ctx: click.Context,
+    expr: str,
+    name: str,
+    key: str | None,
+    vars_: tuple[str, ...],
+    wait: bool,
+    fresh: bool,
+    as_json: bool,
+    from_file: bool,
+) -> None:
     """Start a run of the flow EXPR (or resume the run with --key). Prints the run id last."""
     from dbt_durable.api import parse_vars
 
@@ -127,16 +159,21 @@ def start(ctx: click.Context, expr: str, name: str, key: str | None, vars_: tupl
         except OSError as exc:
             raise click.BadParameter(f"cannot read {origin}: {exc.strerror}") from None
     variables = parse_vars(list(vars_))
-    started = _client(ctx).start(expr, name=name, key=key, vars=variables, fresh=fresh, wait=wait,
-                                 origin=origin)
+    started = _client(ctx).start(
+        expr, name=name, key=key, vars=variables, fresh=fresh, wait=wait, origin=origin
+    )
     outcome = started.outcome
     if outcome is not None:
         _report(outcome, as_json)
     if as_json:
         payload: dict[str, Any] = {"run_id": started.run_id, "created": started.created}
         if outcome is not None:
-            payload.update(status=outcome.status, result=outcome.result, error=outcome.error,
-                           failed_node=outcome.failed_node)
+            payload.update(
+                status=outcome.status,
+                result=outcome.result,
+                error=outcome.error,
+                failed_node=outcome.failed_node,
+            )
         click.echo(json.dumps(payload, default=str))
     else:
         click.echo(started.run_id)
@@ -172,9 +209,11 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, limit: int) ->
         if as_json:
             click.echo(dumps({"run": run, "nodes": nodes}))
             return
-        _print_table(f"run {run['run_id']} ({run['flow_name']}): {run['status']}",
-                     ["node", "kind", "status", "attempts", "error"],
-                     [[n["exec_key"], n["kind"], n["status"], n["attempts"], n["error"] or ""] for n in nodes])
+        _print_table(
+            f"run {run['run_id']} ({run['flow_name']}): {run['status']}",
+            ["node", "kind", "status", "attempts", "error"],
+            [[n["exec_key"], n["kind"], n["status"], n["attempts"], n["error"] or ""] for n in nodes],
+        )
         if run["error"]:
             click.echo(f"error at node {run['failed_node']}: {run['error']}")
         return
@@ -182,9 +221,22 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, limit: int) ->
     if as_json:
         click.echo(dumps(runs))
         return
-    _print_table("runs", ["run_id", "flow", "key", "status", "done", "failed node", "created"],
-                 [[r["run_id"], r["flow_name"], r["run_key"] or "", r["status"], r["nodes_completed"],
-                   r["failed_node"] or "", r["created_at"]] for r in runs])
+    _print_table(
+        "runs",
+        ["run_id", "flow", "key", "status", "done", "failed node", "created"],
+        [
+            [
+                r["run_id"],
+                r["flow_name"],
+                r["run_key"] or "",
+                r["status"],
+                r["nodes_completed"],
+                r["failed_node"] or "",
+                r["created_at"],
+            ]
+            for r in runs
+        ],
+    )
 
 
 def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -265,6 +317,16 @@ def migrate(ctx: click.Context) -> None:
     """Create or upgrade the state schema (safe to run any number of times)."""
     applied = _client(ctx).migrate()
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@main.command()
+@_with_db
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run a pipeline, SIGKILL it halfway, resume it, and show what was skipped and what ran."""
+    from dbt_durable.demo import run_demo
+
+    run_demo(ctx.obj["dsn"], ctx.obj["schema"])
 
 
 if __name__ == "__main__":

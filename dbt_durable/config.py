@@ -32,8 +32,6 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
-            raise ConfigError(
-                f"invalid schema name {self.schema!r}: use lower-case letters, digits and _"
-            )
+            raise ConfigError(f"invalid schema name {self.schema!r}: use lower-case letters, digits and _")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")

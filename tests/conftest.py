@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +59,23 @@ class Space:
             return cur.fetchall() if cur.description else []
 
 
-@pytest.fixture
-def space(pg_dsn: str) -> Iterator[Space]:
+@contextmanager
+def make_space(pg_dsn: str) -> Iterator[Space]:
+    """A fresh state schema and work schema, dropped afterwards."""
     tag = secrets.token_hex(4)
     schema, work = f"dd_state_{tag}", f"dd_work_{tag}"
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(work)))
     dsn = conninfo.make_conninfo(pg_dsn, options=f"-c search_path={work},public")
-    yield Space(pg_dsn, dsn, schema, work)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for name in (schema, work):
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    try:
+        yield Space(pg_dsn, dsn, schema, work)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            for name in (schema, work):
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def space(pg_dsn: str) -> Iterator[Space]:
+    with make_space(pg_dsn) as s:
+        yield s

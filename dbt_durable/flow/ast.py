@@ -7,9 +7,8 @@ excluded from equality, so ``parse(print(parse(x))) == parse(x)`` holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
-OptionValue = Union[int, float, str, bool]
+OptionValue = int | float | str | bool
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ column and a caret excerpt. It never raises anything else.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from dbt_durable.errors import FlowError
 from dbt_durable.flow import ast as A
@@ -437,9 +437,9 @@ class Parser:
             orelse = self._expr_arg(args[2], "if_rows() else-branch") if len(args) > 2 else None
             return A.IfRows(ref, then, orelse, pos=pos)
         if name == "loop":
-            body = self._expr_arg(args[0], "loop() body")
-            cond = self._expr_arg(args[1], "loop() condition") if len(args) > 1 else None
-            return A.Loop(body, cond, pos=pos)
+            loop_body = self._expr_arg(args[0], "loop() body")
+            loop_cond = self._expr_arg(args[1], "loop() condition") if len(args) > 1 else None
+            return A.Loop(loop_body, loop_cond, pos=pos)
         if name == "break":
             value = self._opt_string(args[0], "break() value") if args else None
             return A.Break(value, pos=pos)
@@ -467,10 +467,10 @@ class Parser:
         method = (self._opt_string(args[1], "http() method") or "GET") if len(args) > 1 else "GET"
         if method.upper() not in HTTP_METHODS:
             raise self.error(f"http() method must be one of {', '.join(HTTP_METHODS)}", args[1][1])
-        body = self._opt_string(args[2], "http() body") if len(args) > 2 else None
+        req_body = self._opt_string(args[2], "http() body") if len(args) > 2 else None
         headers = self._opt_string(args[3], "http() headers") if len(args) > 3 else None
         timeout = self._number_arg(args[4], "http() timeout", allow_null=True) if len(args) > 4 else None
-        return A.Http(url, method.upper(), body, headers, timeout, pos=pos)
+        return A.Http(url, method.upper(), req_body, headers, timeout, pos=pos)
 
 
 def _with(node: A.Node, options: tuple[tuple[str, A.OptionValue], ...]) -> A.Node:
@@ -516,6 +516,4 @@ def parse(source: str, origin: str = "<flow>") -> A.Node:
     try:
         return Parser(source, origin).parse_flow()
     except RecursionError:
-        raise FlowError(
-            f"flow is nested more than {MAX_NESTING} levels deep", source, 1, 1, origin
-        ) from None
+        raise FlowError(f"flow is nested more than {MAX_NESTING} levels deep", source, 1, 1, origin) from None

@@ -30,7 +30,4 @@ class Ref:
 
 def find_refs(text: str) -> list[Ref]:
     """Every ``$name`` reference in ``text``, in order."""
-    return [
-        Ref(m["name"], m["col"], m["safe"] is not None, m.start(), m.end())
-        for m in REF.finditer(text)
-    ]
+    return [Ref(m["name"], m["col"], m["safe"] is not None, m.start(), m.end()) for m in REF.finditer(text)]

@@ -48,8 +48,7 @@ class FlowGraph:
         return {
             "root": ROOT,
             "nodes": [
-                {"id": n, "kind": d["kind"], "label": d["label"]}
-                for n, d in self.graph.nodes(data=True)
+                {"id": n, "kind": d["kind"], "label": d["label"]} for n, d in self.graph.nodes(data=True)
             ],
         }
 
@@ -128,8 +127,11 @@ def validate(ast: A.Node, source: str, origin: str = "<flow>") -> None:
                 why = "is bound only later in the flow" if ref.name in all_bound else "is never bound"
                 offset = ref.start if isinstance(node, A.Sql) else -1
                 raise _fail(
-                    node, f"${ref.name} {why} (bind it first with |=> '{ref.name}')",
-                    source, origin, offset,
+                    node,
+                    f"${ref.name} {why} (bind it first with |=> '{ref.name}')",
+                    source,
+                    origin,
+                    offset,
                 )
         if isinstance(node, A.Break) and not in_loop:
             raise _fail(node, "break() outside of a loop", source, origin)

@@ -112,8 +112,11 @@ class Engine:
         probe = await open_async(self.settings.dsn, app)
         await probe.close()
         self.pool = AsyncConnectionPool(
-            self.settings.dsn, min_size=1, max_size=self.settings.concurrency,
-            kwargs=connect_kwargs(self.settings.dsn, app), open=False,
+            self.settings.dsn,
+            min_size=1,
+            max_size=self.settings.concurrency,
+            kwargs=connect_kwargs(self.settings.dsn, app),
+            open=False,
             timeout=self.settings.pool_timeout_s,
         )
         await self.pool.open(wait=True)
@@ -146,8 +149,14 @@ class RunExecution:
         ctl = await open_async(s.dsn, APP_PREFIX + self.engine.owner + ":ctl")
         try:
             got = await lease.claim(
-                ctl, self.q, s.schema, self.run_id, self.engine.owner, s.lease_ttl_s,
-                s.claim_wait_s, retry_failed,
+                ctl,
+                self.q,
+                s.schema,
+                self.run_id,
+                self.engine.owner,
+                s.lease_ttl_s,
+                s.claim_wait_s,
+                retry_failed,
             )
             cur = await ctl.execute(self.q.get_run, (self.run_id,))
             row = await cur.fetchone()
@@ -159,10 +168,18 @@ class RunExecution:
             self.state = RunState(self.run_id, flow, dict(row[5] or {}), progress)
             if row[10] is not None:
                 return await self._finish(ctl, "cancelled", None, f"cancelled: {row[10]}", None)
-            beat = asyncio.create_task(lease.heartbeat(
-                ctl, self.q, self.run_id, self.engine.owner, s.lease_ttl_s, s.heartbeat_s,
-                self.cancel_event, self.lost_event,
-            ))
+            beat = asyncio.create_task(
+                lease.heartbeat(
+                    ctl,
+                    self.q,
+                    self.run_id,
+                    self.engine.owner,
+                    s.lease_ttl_s,
+                    s.heartbeat_s,
+                    self.cancel_event,
+                    self.lost_event,
+                )
+            )
             try:
                 return await self._walk_and_finish(ctl)
             finally:
@@ -212,23 +229,39 @@ class RunExecution:
             return await self._finish(ctl, "failed", None, exc.message, exc.exec_key)
         raise exc
 
-    async def _finish(self, ctl: psycopg.AsyncConnection, status: str, result: Any,
-                      error: str | None, failed_node: str | None) -> Outcome:
+    async def _finish(
+        self,
+        ctl: psycopg.AsyncConnection,
+        status: str,
+        result: Any,
+        error: str | None,
+        failed_node: str | None,
+    ) -> Outcome:
         params = {
-            "status": status, "result": Jsonb(result) if result is not None else None,
-            "error": error, "failed_node": failed_node, "wake_at": None,
-            "run_id": self.run_id, "owner": self.engine.owner,
+            "status": status,
+            "result": Jsonb(result) if result is not None else None,
+            "error": error,
+            "failed_node": failed_node,
+            "wake_at": None,
+            "run_id": self.run_id,
+            "owner": self.engine.owner,
         }
         async with ctl.transaction():
             cur = await ctl.execute(self.q.finish_run, params)
             if await cur.fetchone() is None:
                 return Outcome(self.run_id, "lost", error="lease lost to another runner")
-            await ctl.execute(self.q.insert_run_event, (
-                self.run_id, f"run_{status}", Jsonb({"error": error, "failed_node": failed_node}),
-            ))
+            await ctl.execute(
+                self.q.insert_run_event,
+                (
+                    self.run_id,
+                    f"run_{status}",
+                    Jsonb({"error": error, "failed_node": failed_node}),
+                ),
+            )
         st = self.state
-        return Outcome(self.run_id, status, result, error, failed_node,
-                       st.skipped if st else 0, st.executed if st else 0)
+        return Outcome(
+            self.run_id, status, result, error, failed_node, st.skipped if st else 0, st.executed if st else 0
+        )
 
     # -- the walk --------------------------------------------------------------------------
     async def node(self, node_id: str, iters: tuple[int, ...]) -> Any:
@@ -315,7 +348,9 @@ class RunExecution:
                     exc = task.exception()
                     if exc is None:
                         value = task.result()
-                        await self._checkpoint(key, node_id, "race", 1, {"winner": tasks[task], "value": value})
+                        await self._checkpoint(
+                            key, node_id, "race", 1, {"winner": tasks[task], "value": value}
+                        )
                         return value
                     if not isinstance(exc, StepFailed):
                         raise exc
@@ -348,7 +383,9 @@ class RunExecution:
         backoff = parse_duration(ast.option("backoff", 1.0) or 1.0)
         timeout = ast.option("timeout")
         timeout_s = parse_duration(timeout) if timeout is not None else None
-        attempt = (self.state.progress[key].attempts if key in self.state.progress else 0) if self.state else 0
+        attempt = (
+            (self.state.progress[key].attempts if key in self.state.progress else 0) if self.state else 0
+        )
         failures = 0
         reconnect_deadline: float | None = None
         loop = asyncio.get_running_loop()
@@ -385,8 +422,15 @@ class RunExecution:
             delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Node,
-                       attempt: int, timeout_s: float | None) -> Any:
+    async def _attempt(
+        self,
+        node_id: str,
+        iters: tuple[int, ...],
+        key: str,
+        ast: A.Node,
+        attempt: int,
+        timeout_s: float | None,
+    ) -> Any:
         if isinstance(ast, A.Sql):
             return await self._sql(node_id, iters, key, ast, attempt, timeout_s)
         if isinstance(ast, A.Sleep):
@@ -398,35 +442,67 @@ class RunExecution:
         if isinstance(ast, A.Http):
             from dbt_durable.runner.http import run_http
 
-            text = {f: self._substitute(getattr(ast, f), node_id, iters, attempt, None, raw=True)
-                    if getattr(ast, f) else None for f in ("url", "body", "headers")}
+            text = {
+                f: self._substitute(getattr(ast, f), node_id, iters, attempt, None, raw=True)
+                if getattr(ast, f)
+                else None
+                for f in ("url", "body", "headers")
+            }
             idem = self._idempotency_key(key, attempt)
-            result = await run_http(ast, text["url"] or ast.url, text["body"], text["headers"], idem,
-                                    self.settings.max_result_bytes, timeout_s)
+            result = await run_http(
+                ast,
+                text["url"] or ast.url,
+                text["body"],
+                text["headers"],
+                idem,
+                self.settings.max_result_bytes,
+                timeout_s,
+            )
             await self._checkpoint(key, node_id, "http", attempt, result)
             return result
         raise DurableError(f"cannot execute node kind {A.kind_of(ast)}")
 
-    async def _sql(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Sql,
-                   attempt: int, timeout_s: float | None) -> Any:
+    async def _sql(
+        self,
+        node_id: str,
+        iters: tuple[int, ...],
+        key: str,
+        ast: A.Sql,
+        attempt: int,
+        timeout_s: float | None,
+    ) -> Any:
         assert self.engine.pool is not None
         caps = (self.settings.max_result_rows, self.settings.max_result_bytes)
         async with self.engine.pool.connection() as conn:
             text = self._substitute(ast.text, node_id, iters, attempt, conn)
             if ast.option("transaction", True):
-                args = [self.run_id, self.engine.owner, key, node_id, "sql", attempt, None,
-                        self.engine.clock()]
+                args = [
+                    self.run_id,
+                    self.engine.owner,
+                    key,
+                    node_id,
+                    "sql",
+                    attempt,
+                    None,
+                    self.engine.clock(),
+                ]
                 return await steps.run_transactional(
-                    conn, text, timeout_s, self.q.checkpoint, args, self.engine.types,
-                    self.q.type_names, caps,
+                    conn,
+                    text,
+                    timeout_s,
+                    self.q.checkpoint,
+                    args,
+                    self.engine.types,
+                    self.q.type_names,
+                    caps,
                 )
-            result = await steps.run_autocommit(conn, text, timeout_s, self.engine.types,
-                                                self.q.type_names, caps)
+            result = await steps.run_autocommit(
+                conn, text, timeout_s, self.engine.types, self.q.type_names, caps
+            )
         await self._checkpoint(key, node_id, "sql", attempt, result)
         return result
 
-    async def _timer(self, node_id: str, key: str, ast: A.Node,
-                     wake: Callable[[datetime], datetime]) -> Any:
+    async def _timer(self, node_id: str, key: str, ast: A.Node, wake: Callable[[datetime], datetime]) -> Any:
         st = self.state
         assert st is not None
         parked = st.progress.get(key)
@@ -456,12 +532,17 @@ class RunExecution:
         while True:
             async with self.engine.pool.connection() as conn:
                 async with conn.transaction():
-                    cur = await conn.execute(self.q.consume_signal,
-                                             {"exec_key": key, "run_id": self.run_id, "name": ast.name})
+                    cur = await conn.execute(
+                        self.q.consume_signal, {"exec_key": key, "run_id": self.run_id, "name": ast.name}
+                    )
                     row = await cur.fetchone()
                     if row is not None:
-                        result = {"signal_name": ast.name, "payload": row[0], "timed_out": False,
-                                  "sent_at": row[1].isoformat()}
+                        result = {
+                            "signal_name": ast.name,
+                            "payload": row[0],
+                            "timed_out": False,
+                            "sent_at": row[1].isoformat(),
+                        }
                         await self._checkpoint_on(conn, key, node_id, "wait_for_signal", 1, result)
                         return result
             if deadline is not None and self.engine.clock() >= deadline:
@@ -477,14 +558,31 @@ class RunExecution:
         async with self.engine.pool.connection() as conn:
             await self._checkpoint_on(conn, key, node_id, kind, attempt, result)
 
-    async def _checkpoint_on(self, conn: psycopg.AsyncConnection, key: str, node_id: str, kind: str,
-                             attempt: int, result: Any) -> None:
-        args = (self.run_id, self.engine.owner, key, node_id, kind, attempt, Jsonb(result),
-                self.engine.clock())
+    async def _checkpoint_on(
+        self, conn: psycopg.AsyncConnection, key: str, node_id: str, kind: str, attempt: int, result: Any
+    ) -> None:
+        args = (
+            self.run_id,
+            self.engine.owner,
+            key,
+            node_id,
+            kind,
+            attempt,
+            Jsonb(result),
+            self.engine.clock(),
+        )
         await self._fenced(conn.execute(self.q.checkpoint, args))
 
-    async def _mark(self, key: str, node_id: str, kind: str, status: str, attempt: int,
-                    error: str | None, wake_at: datetime | None) -> None:
+    async def _mark(
+        self,
+        key: str,
+        node_id: str,
+        kind: str,
+        status: str,
+        attempt: int,
+        error: str | None,
+        wake_at: datetime | None,
+    ) -> None:
         assert self.engine.pool is not None
         args = (self.run_id, self.engine.owner, key, node_id, kind, status, attempt, error, wake_at)
         async with self.engine.pool.connection() as conn:
@@ -496,7 +594,9 @@ class RunExecution:
     async def _event(self, key: str, kind: str, detail: dict[str, Any]) -> None:
         assert self.engine.pool is not None
         async with self.engine.pool.connection() as conn:
-            await conn.execute(self.q.insert_run_event, (self.run_id, kind, Jsonb({"exec_key": key, **detail})))
+            await conn.execute(
+                self.q.insert_run_event, (self.run_id, kind, Jsonb({"exec_key": key, **detail}))
+            )
 
     async def _fenced(self, statement: Awaitable[Any]) -> Any:
         try:
@@ -512,8 +612,9 @@ class RunExecution:
         # Stable across retries and resumes, so a receiver can deduplicate every attempt.
         return f"{self.run_id}:{key}"
 
-    def _substitute(self, text: str, node_id: str, iters: tuple[int, ...], attempt: int,
-                    conn: Any, raw: bool = False) -> str:
+    def _substitute(
+        self, text: str, node_id: str, iters: tuple[int, ...], attempt: int, conn: Any, raw: bool = False
+    ) -> str:
         st = self.state
         assert st is not None
         key = exec_key(node_id, iters)

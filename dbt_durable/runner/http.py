@@ -37,8 +37,15 @@ def _allowed_hosts() -> set[str]:
 def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-                or ip.is_reserved or ip.is_unspecified or not ip.is_global)
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
 
 
 async def resolve_checked(host: str, port: int) -> str:
@@ -77,8 +84,15 @@ def _headers(raw: str | None) -> dict[str, str]:
     return out
 
 
-async def run_http(ast: A.Http, url: str, body: str | None, headers_text: str | None,
-                   idempotency_key: str, max_bytes: int, timeout_s: float | None) -> dict[str, Any]:
+async def run_http(
+    ast: A.Http,
+    url: str,
+    body: str | None,
+    headers_text: str | None,
+    idempotency_key: str,
+    max_bytes: int,
+    timeout_s: float | None,
+) -> dict[str, Any]:
     """Send the request; return ``{"status", "headers", "body", "json"}``.
 
     Raises :class:`HttpFailed` on transport errors and 5xx answers (retryable).
@@ -99,8 +113,9 @@ async def run_http(ast: A.Http, url: str, body: str | None, headers_text: str | 
     extensions: dict[str, Any] = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            async with client.stream(ast.method, target, content=body, headers=headers,
-                                     extensions=extensions) as resp:
+            async with client.stream(
+                ast.method, target, content=body, headers=headers, extensions=extensions
+            ) as resp:
                 chunks, size = [], 0
                 async for chunk in resp.aiter_bytes():
                     size += len(chunk)

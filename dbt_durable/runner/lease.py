@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from dbt_durable.errors import DurableError
 from dbt_durable.store.connect import APP_PREFIX
@@ -38,8 +39,14 @@ def lock_name(schema: str, run_id: str) -> str:
 
 
 async def claim(
-    ctl: psycopg.AsyncConnection, q: Queries, schema: str, run_id: str, owner: str,
-    ttl_s: float, wait_s: float, retry_failed: bool,
+    ctl: psycopg.AsyncConnection,
+    q: Queries,
+    schema: str,
+    run_id: str,
+    owner: str,
+    ttl_s: float,
+    wait_s: float,
+    retry_failed: bool,
 ) -> Claim | None:
     """Take the run's advisory lock and lease. Returns None if the run is already finished.
 
@@ -51,8 +58,7 @@ async def claim(
         await ctl.execute(q.advisory_lock, (name,))
     except psycopg.errors.LockNotAvailable:
         raise RunBusy(
-            f"run {run_id} is being executed by another live runner; "
-            "wait for it, or cancel the run"
+            f"run {run_id} is being executed by another live runner; wait for it, or cancel the run"
         ) from None
     finally:
         await ctl.execute(b"SET lock_timeout = 0")
@@ -77,7 +83,7 @@ async def claim(
         await ctl.execute(q.take_lease, {"owner": owner, "ttl": ttl_s, "run_id": run_id})
         await ctl.execute(
             q.insert_run_event,
-            (run_id, "run_claimed", psycopg.types.json.Jsonb({"owner": owner, "previous_owner": old_owner})),
+            (run_id, "run_claimed", Jsonb({"owner": owner, "previous_owner": old_owner})),
         )
     return Claim(old_owner, locked[0])
 
@@ -89,8 +95,14 @@ async def release(ctl: psycopg.AsyncConnection, q: Queries, schema: str, run_id:
 
 
 async def heartbeat(
-    ctl: psycopg.AsyncConnection, q: Queries, run_id: str, owner: str, ttl_s: float,
-    every_s: float, on_cancel: asyncio.Event, on_lost: asyncio.Event,
+    ctl: psycopg.AsyncConnection,
+    q: Queries,
+    run_id: str,
+    owner: str,
+    ttl_s: float,
+    every_s: float,
+    on_cancel: asyncio.Event,
+    on_lost: asyncio.Event,
 ) -> None:
     """Renew the lease every ``every_s`` seconds until cancelled.
 

@@ -40,8 +40,9 @@ def _from_text(text: str, type_name: str) -> Any:
     return text
 
 
-def build_result(res: pq.abc.PGresult | None, type_names: dict[int, str], max_rows: int,
-                 max_bytes: int) -> dict[str, Any]:
+def build_result(
+    res: pq.abc.PGresult | None, type_names: dict[int, str], max_rows: int, max_bytes: int
+) -> dict[str, Any]:
     """The JSON result of a finished statement. Raises :class:`ResultTooLarge` over a cap."""
     if res is None or res.status != pq.ExecStatus.TUPLES_OK:
         affected = res.command_tuples if res is not None else None
@@ -128,7 +129,9 @@ def _quote(text: str, conn: Any) -> str:
 
 
 def _columns(result: dict[str, Any]) -> list[list[str]]:
-    cols: list[list[str]] = result.get("columns") or [[k, "text"] for k in (result["rows"][0] if result["rows"] else {})]
+    cols: list[list[str]] = result.get("columns") or [
+        [k, "text"] for k in (result["rows"][0] if result["rows"] else {})
+    ]
     return cols
 
 
@@ -155,7 +158,7 @@ def _column_of(name: str, col: str, result: Any) -> tuple[Any, str] | None:
     if isinstance(result, dict) and "rows" in result:
         if not result["rows"]:
             return None
-        types = dict(map(tuple, _columns(result)))  # type: ignore[arg-type]
+        types: dict[str, str] = {c: t for c, t in _columns(result)}
         if col not in types:
             known = ", ".join(types) or "none"
             raise BindingError(f"${name} has no column {col!r} (columns: {known})")
@@ -164,8 +167,13 @@ def _column_of(name: str, col: str, result: Any) -> tuple[Any, str] | None:
         if col not in result:
             raise BindingError(f"${name} has no field {col!r}")
         value = result[col]
-        kind = "boolean" if isinstance(value, bool) else "bigint" if isinstance(value, int) else (
-            "jsonb" if isinstance(value, (dict, list)) else "text")
+        kind = (
+            "boolean"
+            if isinstance(value, bool)
+            else "bigint"
+            if isinstance(value, int)
+            else ("jsonb" if isinstance(value, (dict, list)) else "text")
+        )
         return value, kind
     raise BindingError(f"${name}.{col}: ${name} is not a row result")
 
@@ -184,9 +192,7 @@ def _rowset(name: str, result: Any, conn: Any, max_rows: int) -> str:
     if not rows:
         nulls = ", ".join(f"NULL::{t}" for _, t in cols)
         return f"(SELECT {nulls} LIMIT 0) AS {alias}({names})"
-    body = ", ".join(
-        "(" + ", ".join(_typed(row.get(c), t, conn) for c, t in cols) + ")" for row in rows
-    )
+    body = ", ".join("(" + ", ".join(_typed(row.get(c), t, conn) for c, t in cols) + ")" for row in rows)
     return f"(VALUES {body}) AS {alias}({names})"
 
 

@@ -104,7 +104,9 @@ async def run_transactional(
         await types.ensure(conn, res, type_query)
         result = build_result(res, types.names, *caps)
         checkpoint_args[6] = json.dumps(result)
-        await cur.execute(_checkpoint_sql(conn, checkpoint_query, tuple(checkpoint_args)).encode() + b";COMMIT")
+        await cur.execute(
+            _checkpoint_sql(conn, checkpoint_query, tuple(checkpoint_args)).encode() + b";COMMIT"
+        )
     except psycopg.Error as exc:
         await _rollback(conn)
         raise fence_error(exc) or StepSqlError(_describe(exc), transient=conn.broken) from None

@@ -33,9 +33,7 @@ async def open_async(dsn: str, application_name: str) -> psycopg.AsyncConnection
     try:
         return await psycopg.AsyncConnection.connect(dsn, **connect_kwargs(dsn, application_name))  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
-        raise ConnectionFailed(
-            f"cannot connect to {mask_dsn(dsn)}: {str(exc).strip()}"
-        ) from None
+        raise ConnectionFailed(f"cannot connect to {mask_dsn(dsn)}: {str(exc).strip()}") from None
 
 
 def open_sync(dsn: str, application_name: str = APP_PREFIX + "client") -> psycopg.Connection:
@@ -43,6 +41,4 @@ def open_sync(dsn: str, application_name: str = APP_PREFIX + "client") -> psycop
     try:
         return psycopg.connect(dsn, **connect_kwargs(dsn, application_name))  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
-        raise ConnectionFailed(
-            f"cannot connect to {mask_dsn(dsn)}: {str(exc).strip()}"
-        ) from None
+        raise ConnectionFailed(f"cannot connect to {mask_dsn(dsn)}: {str(exc).strip()}") from None

@@ -52,7 +52,7 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
             ).fetchone()
             if row:
                 continue
-            conn.execute(schema_sql(text, schema))  # type: ignore[arg-type]
+            conn.execute(schema_sql(text, schema))
             conn.execute(
                 sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(ident),
                 (version, name),

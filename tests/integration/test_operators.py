@@ -18,18 +18,28 @@ def run(space: Space, flow: str, **kw: object):  # type: ignore[no-untyped-def]
 
 
 def test_sequence_runs_in_order_and_returns_the_last_result(space: Space) -> None:
-    out = run(space, "'CREATE TABLE log(i serial, step text)' ~> 'INSERT INTO log(step) VALUES (''a'')'"
-                     " ~> 'INSERT INTO log(step) VALUES (''b'')' ~> 'SELECT string_agg(step, '','' ORDER BY i) AS s FROM log'")
+    out = run(
+        space,
+        "'CREATE TABLE log(i serial, step text)' ~> 'INSERT INTO log(step) VALUES (''a'')'"
+        " ~> 'INSERT INTO log(step) VALUES (''b'')' ~> 'SELECT string_agg(step, '','' ORDER BY i) AS s FROM log'",
+    )
     assert out.status == "completed"
     assert out.result["rows"] == [{"s": "a,b"}]
 
 
 def test_join_runs_branches_in_parallel_and_returns_all_results(space: Space) -> None:
     started = time.monotonic()
-    out = run(space, "'SELECT pg_sleep(0.5), 1 AS a' & 'SELECT pg_sleep(0.5), 2 AS b' & 'SELECT pg_sleep(0.5), 3 AS c'")
+    out = run(
+        space,
+        "'SELECT pg_sleep(0.5), 1 AS a' & 'SELECT pg_sleep(0.5), 2 AS b' & 'SELECT pg_sleep(0.5), 3 AS c'",
+    )
     elapsed = time.monotonic() - started
     assert out.status == "completed"
-    assert [r["rows"][0] for r in out.result] == [{"pg_sleep": "", "a": 1}, {"pg_sleep": "", "b": 2}, {"pg_sleep": "", "c": 3}]
+    assert [r["rows"][0] for r in out.result] == [
+        {"pg_sleep": "", "a": 1},
+        {"pg_sleep": "", "b": 2},
+        {"pg_sleep": "", "c": 3},
+    ]
     assert elapsed < 1.4, "three 0.5 s branches must overlap"
 
 
@@ -39,13 +49,19 @@ def test_race_first_wins_and_losers_are_cancelled_on_the_server(space: Space) ->
     assert out.status == "completed"
     assert out.result["rows"] == [{"answer": 42}]
     time.sleep(0.3)
-    assert space.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()") == [(0,)]
+    assert space.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()"
+    ) == [(0,)]
     assert space.query("SELECT count(*) FROM slow_effect") == [(0,)]
 
 
 def test_if_uses_first_column_of_first_row_and_no_rows_is_false(space: Space) -> None:
-    assert run(space, "'SELECT 2 > 1' ?> 'SELECT ''yes'' AS r' !> 'SELECT ''no'' AS r'").result["rows"] == [{"r": "yes"}]
-    assert run(space, "'SELECT 1 WHERE false' ?> 'SELECT ''yes'' AS r' !> 'SELECT ''no'' AS r'").result["rows"] == [{"r": "no"}]
+    assert run(space, "'SELECT 2 > 1' ?> 'SELECT ''yes'' AS r' !> 'SELECT ''no'' AS r'").result["rows"] == [
+        {"r": "yes"}
+    ]
+    assert run(space, "'SELECT 1 WHERE false' ?> 'SELECT ''yes'' AS r' !> 'SELECT ''no'' AS r'").result[
+        "rows"
+    ] == [{"r": "no"}]
     assert run(space, "if('SELECT NULL::bool', 'SELECT 1 AS r')").result is None
 
 
@@ -57,11 +73,16 @@ def test_if_rows_branches_on_a_bound_result(space: Space) -> None:
 
 def test_loop_do_while_and_break_with_value(space: Space) -> None:
     space.query("CREATE TABLE q(i int)")
-    out = run(space, "loop('INSERT INTO q SELECT coalesce(max(i), 0) + 1 FROM q', 'SELECT count(*) < 5 FROM q')")
+    out = run(
+        space, "loop('INSERT INTO q SELECT coalesce(max(i), 0) + 1 FROM q', 'SELECT count(*) < 5 FROM q')"
+    )
     assert out.status == "completed"
     assert space.query("SELECT count(*) FROM q") == [(5,)]
-    out = run(space, "@> ('INSERT INTO q VALUES (0) RETURNING (SELECT count(*) FROM q) AS n' |=> 'n'"
-                     " ~> ('SELECT $n >= 7' ?> break('{\"stopped_at\": 7}')))")
+    out = run(
+        space,
+        "@> ('INSERT INTO q VALUES (0) RETURNING (SELECT count(*) FROM q) AS n' |=> 'n'"
+        " ~> ('SELECT $n >= 7' ?> break('{\"stopped_at\": 7}')))",
+    )
     assert out.result == {"stopped_at": 7}
     # Every iteration is its own checkpointed execution.
     keys = [n["exec_key"] for n in space.client().nodes(out.run_id) if n["node_id"] == "0.0.0.0"]
@@ -69,16 +90,19 @@ def test_loop_do_while_and_break_with_value(space: Space) -> None:
 
 
 def test_named_results_render_as_quoted_literals(space: Space) -> None:
-    out = run(space, """
+    out = run(
+        space,
+        """
         $$SELECT 7 AS id, 'O''Brien \\ "x"' AS name, 1.50::numeric AS price, now() AS at,
                  '{"k": [1, 2]}'::jsonb AS doc, ARRAY[1,2] AS arr$$ |=> 'r'
         ~> $$SELECT $r AS id, $r.name AS name, $r.price AS price, $r.at = (SELECT max(at) FROM (SELECT $r.at AS at) s) AS same_at,
                     $r.doc -> 'k' AS k, $r.arr[2] AS second$$
-    """)
+    """,
+    )
     assert out.status == "completed", out.error
     row = out.result["rows"][0]
     assert row["id"] == 7
-    assert row["name"] == "O'Brien \\ \"x\""
+    assert row["name"] == 'O\'Brien \\ "x"'
     assert row["price"] in ("1.50", 1.5)
     assert row["same_at"] is True
     assert row["k"] == [1, 2]
@@ -87,7 +111,9 @@ def test_named_results_render_as_quoted_literals(space: Space) -> None:
 
 def test_injection_attempt_stays_a_value(space: Space) -> None:
     space.query("CREATE TABLE victims(x int)")
-    out = run(space, "$$SELECT 'x''); DROP TABLE victims; --' AS evil$$ |=> 'e' ~> $$SELECT length($e) AS n$$")
+    out = run(
+        space, "$$SELECT 'x''); DROP TABLE victims; --' AS evil$$ |=> 'e' ~> $$SELECT length($e) AS n$$"
+    )
     assert out.status == "completed"
     assert out.result["rows"][0]["n"] == len("x'); DROP TABLE victims; --")
     assert space.query("SELECT count(*) FROM victims") == [(0,)]
@@ -106,9 +132,12 @@ def test_null_safe_and_strict_references(space: Space) -> None:
 
 
 def test_rowset_expansion_keeps_types(space: Space) -> None:
-    out = run(space, "'SELECT g AS id, ''item '' || g AS label, g * 1.5 AS w FROM generate_series(1, 3) g' |=> 'batch'"
-                     " ~> 'SELECT sum(id) AS s, string_agg(label, ''|'') AS l, sum(w) AS w FROM $batch.*'"
-                     " ~> 'SELECT 1 AS x WHERE false' |=> 'empty' ~> 'SELECT count(*) AS c FROM $empty.*'")
+    out = run(
+        space,
+        "'SELECT g AS id, ''item '' || g AS label, g * 1.5 AS w FROM generate_series(1, 3) g' |=> 'batch'"
+        " ~> 'SELECT sum(id) AS s, string_agg(label, ''|'') AS l, sum(w) AS w FROM $batch.*'"
+        " ~> 'SELECT 1 AS x WHERE false' |=> 'empty' ~> 'SELECT count(*) AS c FROM $empty.*'",
+    )
     assert out.status == "completed", out.error
     assert out.result["rows"] == [{"c": 0}]
     first = space.client().nodes(out.run_id)
@@ -117,8 +146,11 @@ def test_rowset_expansion_keeps_types(space: Space) -> None:
 
 
 def test_vars_are_text_substitution_and_system_vars_exist(space: Space) -> None:
-    out = run(space, "'SELECT ''{greeting}'' AS g, {n} + 1 AS n, ''{sys_idempotency_key}'' AS k'",
-              vars={"greeting": "hi", "n": "41"})
+    out = run(
+        space,
+        "'SELECT ''{greeting}'' AS g, {n} + 1 AS n, ''{sys_idempotency_key}'' AS k'",
+        vars={"greeting": "hi", "n": "41"},
+    )
     row = out.result["rows"][0]
     assert row["g"] == "hi" and row["n"] == 42
     assert row["k"] == f"{out.run_id}:0"
@@ -130,7 +162,9 @@ def test_retries_with_backoff_then_success(space: Space) -> None:
     assert out.status == "completed"
     node = space.client().nodes(out.run_id)[0]
     assert node["attempts"] == 3
-    retries = space.query("SELECT count(*) FROM {state}.events WHERE run_id = %s AND kind = 'node_retry'", (out.run_id,))
+    retries = space.query(
+        "SELECT count(*) FROM {state}.events WHERE run_id = %s AND kind = 'node_retry'", (out.run_id,)
+    )
     assert retries == [(2,)]
 
 
@@ -142,7 +176,10 @@ def test_timeout_sets_statement_timeout(space: Space) -> None:
 
 def test_transaction_false_runs_statements_that_refuse_a_transaction(space: Space) -> None:
     space.query("CREATE TABLE big(i int)")
-    out = run(space, "'CREATE INDEX CONCURRENTLY big_i ON big(i)' with (transaction=false) ~> 'VACUUM big' with (transaction=false)")
+    out = run(
+        space,
+        "'CREATE INDEX CONCURRENTLY big_i ON big(i)' with (transaction=false) ~> 'VACUUM big' with (transaction=false)",
+    )
     assert out.status == "completed", out.error
     out = run(space, "'VACUUM big'")
     assert out.status == "failed" and "transaction" in (out.error or "")
@@ -218,7 +255,8 @@ def test_cancel_interrupts_a_running_statement(space: Space) -> None:
     worker.start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not space.query(
-            "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()"):
+        "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()"
+    ):
         time.sleep(0.05)
     assert client.cancel(started.run_id) == "cancelling"
     worker.join(timeout=20)
@@ -229,7 +267,9 @@ def test_cancel_interrupts_a_running_statement(space: Space) -> None:
 
 def test_signal_sent_before_the_wait_is_buffered(space: Space) -> None:
     client = space.client()
-    started = client.start("'SELECT 1' ~> wait_for_signal('go') |=> 's' ~> 'SELECT $s.payload AS p'", wait=False)
+    started = client.start(
+        "'SELECT 1' ~> wait_for_signal('go') |=> 's' ~> 'SELECT $s.payload AS p'", wait=False
+    )
     client.signal(started.run_id, "go", {"ok": True})
     out = client.resume(started.run_id)
     assert out.status == "completed"
@@ -250,9 +290,13 @@ def test_sleep_is_a_durable_timer(space: Space) -> None:
 
 def test_psql_functions_status_result_progress(space: Space) -> None:
     out = run(space, "'SELECT 5 AS five'")
-    assert space.query("SELECT status, nodes_done FROM {state}.status(%s)", (out.run_id,)) == [("completed", 1)]
+    assert space.query("SELECT status, nodes_done FROM {state}.status(%s)", (out.run_id,)) == [
+        ("completed", 1)
+    ]
     assert space.query("SELECT {state}.result(%s) -> 'rows'", (out.run_id,)) == [([{"five": 5}],)]
-    assert space.query("SELECT nodes_completed FROM {state}.progress WHERE run_id = %s", (out.run_id,)) == [(1,)]
+    assert space.query("SELECT nodes_completed FROM {state}.progress WHERE run_id = %s", (out.run_id,)) == [
+        (1,)
+    ]
 
 
 def test_migrations_are_idempotent_and_recorded(space: Space) -> None:

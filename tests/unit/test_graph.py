@@ -30,12 +30,15 @@ def test_graph_is_a_tree_rooted_at_0_with_ordered_children() -> None:
     assert flow.graph.nodes["0.0.0"]["kind"] == "sql"
 
 
-@pytest.mark.parametrize(("text", "message", "line", "col"), [
-    ("break()", "break() outside of a loop", 1, 1),
-    ("'select $nope'", "$nope is never bound", 1, 9),
-    ("'a' ~>\n 'select 1,\n $later' ~> 'b' |=> 'later'", "$later is bound only later", 3, 2),
-    ("if_rows('r', 'a')", "$r is not bound", 1, 1),
-])
+@pytest.mark.parametrize(
+    ("text", "message", "line", "col"),
+    [
+        ("break()", "break() outside of a loop", 1, 1),
+        ("'select $nope'", "$nope is never bound", 1, 9),
+        ("'a' ~>\n 'select 1,\n $later' ~> 'b' |=> 'later'", "$later is bound only later", 3, 2),
+        ("if_rows('r', 'a')", "$r is not bound", 1, 1),
+    ],
+)
 def test_validation_errors_have_positions(text: str, message: str, line: int, col: int) -> None:
     with pytest.raises(FlowError) as err:
         compile_flow(text)
@@ -54,6 +57,8 @@ def test_explain_shows_tree_and_statuses() -> None:
     assert text.splitlines()[0].startswith("0 ")
     assert "  0.1      join" in text
     with_status = explain(flow, {"0.0.0": "completed", "0.1.0": "failed"})
-    lines = {line.split()[2] if line.split()[1] not in ("0",) else "0": line for line in with_status.splitlines()}
+    lines = {
+        line.split()[2] if line.split()[1] not in ("0",) else "0": line for line in with_status.splitlines()
+    }
     assert "failed" in with_status.splitlines()[0]  # the root rolls up the failure
     assert any("completed" in line and "0.0.0" in line for line in lines.values())

@@ -47,9 +47,12 @@ def test_chains_flatten_but_parentheses_keep_join_shape() -> None:
 def test_node_functions() -> None:
     assert parse("sleep(5)") == A.Sleep(5.0)
     assert parse("df.wait_for_signal('approve', 60)") == A.WaitSignal("approve", 60.0)
-    assert parse("wait_for_schedule('*/5 * * * *', 'Europe/Paris')") == A.WaitSchedule("*/5 * * * *", "Europe/Paris")
+    assert parse("wait_for_schedule('*/5 * * * *', 'Europe/Paris')") == A.WaitSchedule(
+        "*/5 * * * *", "Europe/Paris"
+    )
     assert parse("http('https://x.test/a', 'POST', '{}', '{\"A\": \"b\"}'::jsonb, 3)") == A.Http(
-        "https://x.test/a", "POST", "{}", '{"A": "b"}', 3.0)
+        "https://x.test/a", "POST", "{}", '{"A": "b"}', 3.0
+    )
     assert parse("if_rows('r', 'a', 'b')") == A.IfRows("r", sql("a"), sql("b"))
     assert parse("loop('a', 'b')") == A.Loop(sql("a"), sql("b"))
     assert parse("as('a', 'n')") == A.Bind(sql("a"), "n")
@@ -99,7 +102,9 @@ def test_nesting_limit_is_a_flow_error() -> None:
 # -- property tests -------------------------------------------------------------------------
 
 names = st.from_regex(r"[a-z_][a-z0-9_]{0,6}", fullmatch=True)
-texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+texts = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+)
 leaves = st.one_of(
     texts.map(A.Sql),
     st.builds(A.Sql, texts, options=st.just((("retries", 2), ("timeout", "5s")))),
@@ -112,7 +117,9 @@ leaves = st.one_of(
 def _trees(children: st.SearchStrategy[A.Node]) -> st.SearchStrategy[A.Node]:
     many = st.lists(children, min_size=2, max_size=4).map(tuple)
     return st.one_of(
-        many.map(lambda items: A.Seq(tuple(x for i in items for x in (i.items if isinstance(i, A.Seq) else (i,))))),
+        many.map(
+            lambda items: A.Seq(tuple(x for i in items for x in (i.items if isinstance(i, A.Seq) else (i,))))
+        ),
         many.map(A.Join),
         many.map(A.Race),
         st.builds(A.Bind, children, names),
@@ -132,11 +139,13 @@ def test_print_then_parse_gives_the_same_ast(node: A.Node) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(flows, st.integers(0, 10_000), st.sampled_from(["", "(", ")", "'", "~>", "|=>", ",", "@>", "$$", "with"]))
+@given(
+    flows, st.integers(0, 10_000), st.sampled_from(["", "(", ")", "'", "~>", "|=>", ",", "@>", "$$", "with"])
+)
 def test_mutated_text_parses_or_raises_a_positioned_flow_error(node: A.Node, where: int, junk: str) -> None:
     text = to_text(node)
     cut = where % (len(text) + 1)
-    mutated = text[:cut] + junk + text[cut + 1:]
+    mutated = text[:cut] + junk + text[cut + 1 :]
     try:
         parse(mutated)
     except FlowError as err:
