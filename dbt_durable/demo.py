@@ -15,6 +15,7 @@ import uuid
 
 import click
 import psycopg
+from psycopg import sql
 
 FLOW = """
 $$CREATE TABLE IF NOT EXISTS demo_raw_orders AS
@@ -47,9 +48,25 @@ def run_demo(dsn: str, schema: str) -> None:
     key = f"demo-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         for table in ("demo_summary", "demo_orders", "demo_raw_orders"):
-            conn.execute(f"DROP TABLE IF EXISTS {table}")  # type: ignore[arg-type]
-    cmd = [sys.executable, "-m", "dbt_durable", "--dsn", dsn, "--schema", schema, "start", "--name",
-           "demo", "--key", key, "--var", "batch_size=5000", "--wait", FLOW]
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "dbt_durable",
+        "--dsn",
+        dsn,
+        "--schema",
+        schema,
+        "start",
+        "--name",
+        "demo",
+        "--key",
+        key,
+        "--var",
+        "batch_size=5000",
+        "--wait",
+        FLOW,
+    ]
     click.secho("1. Starting the pipeline; it will be killed (SIGKILL) inside batch 3.", bold=True)
     env = dict(os.environ, DBT_DURABLE_FAULT=KILL_AT)
     first = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -58,8 +75,10 @@ def run_demo(dsn: str, schema: str) -> None:
         raise SystemExit(1)
     with psycopg.connect(dsn, autocommit=True) as conn:
         loaded = conn.execute("SELECT count(*) FROM demo_orders").fetchone()
-    click.echo(f"   killed. Rows in demo_orders: {loaded[0] if loaded else 0} (batches 1-2 committed, "
-               "batch 3 rolled back with its checkpoint)")
+    click.echo(
+        f"   killed. Rows in demo_orders: {loaded[0] if loaded else 0} (batches 1-2 committed, "
+        "batch 3 rolled back with its checkpoint)"
+    )
     click.secho("2. Running the same command again: it resumes from the last checkpoint.", bold=True)
     env.pop("DBT_DURABLE_FAULT")
     second = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -69,8 +88,11 @@ def run_demo(dsn: str, schema: str) -> None:
         raise SystemExit(1)
     run_id = second.stdout.strip().splitlines()[-1]
     click.secho(f"3. The run's graph, with each node's status (dbt-durable explain {run_id}):", bold=True)
-    explain = subprocess.run([sys.executable, "-m", "dbt_durable", "--dsn", dsn, "--schema", schema,
-                              "explain", run_id], capture_output=True, text=True)
+    explain = subprocess.run(
+        [sys.executable, "-m", "dbt_durable", "--dsn", dsn, "--schema", schema, "explain", run_id],
+        capture_output=True,
+        text=True,
+    )
     click.echo(explain.stdout)
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT orders, revenue FROM demo_summary").fetchone()
