@@ -38,6 +38,7 @@ from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
 from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow
 from dbt_durable.runner import faults, lease, results, steps
+from dbt_durable.runner.lane import Lane, Uncertain
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
 from dbt_durable.store.queries import Queries
 
@@ -200,8 +201,29 @@ class RunExecution:
             for key, status, result, wake_at, attempts in await cur.fetchall()
         }
 
+    async def _walk_until_certain(self, ctl: psycopg.AsyncConnection) -> Any:
+        """Walk the graph; after an :class:`Uncertain` round trip, reload and walk again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.reconnect_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return await self.strand(ROOT, ())
+            except Uncertain as exc:
+                if loop.time() > deadline:
+                    raise StepFailed(
+                        ROOT, f"gave up after {self.settings.reconnect_timeout_s}s: {exc}"
+                    ) from None
+                log.warning("re-walking run %s from its checkpoints: %s", self.run_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                st = self.state
+                assert st is not None
+                st.progress = await self._load_progress(ctl)
+                st.bindings.clear()
+
     async def _walk_and_finish(self, ctl: psycopg.AsyncConnection) -> Outcome:
-        walk = asyncio.create_task(self.node(ROOT, ()))
+        walk = asyncio.create_task(self._walk_until_certain(ctl))
         cancel_wait = asyncio.create_task(self.cancel_event.wait())
         lost_wait = asyncio.create_task(self.lost_event.wait())
         try:
@@ -264,41 +286,66 @@ class RunExecution:
         )
 
     # -- the walk --------------------------------------------------------------------------
-    async def node(self, node_id: str, iters: tuple[int, ...]) -> Any:
+    def new_lane(self) -> Lane:
+        assert self.engine.pool is not None
+        caps = (self.settings.max_result_rows, self.settings.max_result_bytes)
+        return Lane(
+            self.engine.pool,
+            self.q.checkpoint,
+            self.q.node_status,
+            self.engine.types,
+            self.q.type_names,
+            caps,
+            self.run_id,
+        )
+
+    async def strand(self, node_id: str, iters: tuple[int, ...]) -> Any:
+        """Run ``node_id`` on a lane of its own; its last checkpoint is committed on success."""
+        lane = self.new_lane()
+        try:
+            value = await self.node(node_id, iters, lane)
+            await lane.release()
+            return value
+        finally:
+            await lane.discard()
+
+    async def node(self, node_id: str, iters: tuple[int, ...], lane: Lane) -> Any:
         st = self.state
         assert st is not None
         ast = st.flow.node(node_id)
         if isinstance(ast, A.Seq):
             result = None
             for kid in st.flow.children(node_id):
-                result = await self.node(kid, iters)
+                result = await self.node(kid, iters, lane)
             return result
         if isinstance(ast, A.Bind):
-            value = await self.node(st.flow.children(node_id)[0], iters)
+            value = await self.node(st.flow.children(node_id)[0], iters, lane)
             st.bindings[ast.name] = value
             return value
         if isinstance(ast, A.Join):
+            await lane.release()
             return await self._join(node_id, iters)
         if isinstance(ast, A.Race):
+            await lane.release()
             return await self._race(node_id, iters)
         if isinstance(ast, A.If):
             kids = st.flow.children(node_id)
-            if results.truthy(await self.node(kids[0], iters)):
-                return await self.node(kids[1], iters)
-            return await self.node(kids[2], iters) if len(kids) > 2 else None
+            if results.truthy(await self.node(kids[0], iters, lane)):
+                return await self.node(kids[1], iters, lane)
+            return await self.node(kids[2], iters, lane) if len(kids) > 2 else None
         if isinstance(ast, A.IfRows):
             kids = st.flow.children(node_id)
             bound = st.bindings.get(ast.name)
             has_rows = bool(bound.get("rows")) if isinstance(bound, dict) and "rows" in bound else bool(bound)
             if has_rows:
-                return await self.node(kids[0], iters)
-            return await self.node(kids[1], iters) if len(kids) > 1 else None
+                return await self.node(kids[0], iters, lane)
+            return await self.node(kids[1], iters, lane) if len(kids) > 1 else None
         if isinstance(ast, A.Loop):
-            return await self._loop(node_id, iters)
+            return await self._loop(node_id, iters, lane)
         if isinstance(ast, A.Break):
             value = ast.value
             if value is not None:
-                value = self._substitute(value, node_id, iters, attempt=1, conn=None)
+                value = self._substitute(value, node_id, iters, attempt=1, conn=None, raw=True)
                 try:
                     value = json.loads(value)
                 except ValueError:
@@ -311,14 +358,17 @@ class RunExecution:
             return done.result
         st.executed += 1
         faults.hit("before_step", key)
-        value = await self._step(node_id, iters, key, ast)
-        faults.hit("after_commit", key)
+        if not (isinstance(ast, A.Sql) and ast.option("transaction", True)):
+            await lane.release()
+        value = await self._step(node_id, iters, key, ast, lane)
+        if lane.pending_key is None:  # lane steps report after_commit when their checkpoint commits
+            faults.hit("after_commit", key)
         return value
 
     async def _join(self, node_id: str, iters: tuple[int, ...]) -> list[Any]:
         st = self.state
         assert st is not None
-        tasks = [asyncio.create_task(self.node(kid, iters)) for kid in st.flow.children(node_id)]
+        tasks = [asyncio.create_task(self.strand(kid, iters)) for kid in st.flow.children(node_id)]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -335,10 +385,10 @@ class RunExecution:
         done = st.progress.get(key)
         if done is not None and done.status == "completed":
             # Replay only the winner, so its bindings are restored; its nodes are all done.
-            await self.node(kids[done.result["winner"]], iters)
+            await self.strand(kids[done.result["winner"]], iters)
             st.skipped += 1
             return done.result["value"]
-        tasks = {asyncio.create_task(self.node(kid, iters)): i for i, kid in enumerate(kids)}
+        tasks = {asyncio.create_task(self.strand(kid, iters)): i for i, kid in enumerate(kids)}
         pending = set(tasks)
         first_error: BaseException | None = None
         try:
@@ -362,7 +412,7 @@ class RunExecution:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _loop(self, node_id: str, iters: tuple[int, ...]) -> Any:
+    async def _loop(self, node_id: str, iters: tuple[int, ...], lane: Lane) -> Any:
         st = self.state
         assert st is not None
         kids = st.flow.children(node_id)
@@ -370,15 +420,15 @@ class RunExecution:
         while True:
             inner = iters + (i,)
             try:
-                value = await self.node(kids[0], inner)
+                value = await self.node(kids[0], inner, lane)
             except BreakLoop as brk:
                 return brk.value
-            if len(kids) > 1 and not results.truthy(await self.node(kids[1], inner)):
+            if len(kids) > 1 and not results.truthy(await self.node(kids[1], inner, lane)):
                 return value
             i += 1
 
     # -- steps -----------------------------------------------------------------------------
-    async def _step(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Node) -> Any:
+    async def _step(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Node, lane: Lane) -> Any:
         retries = int(ast.option("retries", 0) or 0)
         backoff = parse_duration(ast.option("backoff", 1.0) or 1.0)
         timeout = ast.option("timeout")
@@ -392,11 +442,12 @@ class RunExecution:
         while True:
             attempt += 1
             try:
-                return await self._attempt(node_id, iters, key, ast, attempt, timeout_s)
-            except (LeaseLost, RunCancelled, asyncio.CancelledError):
+                return await self._attempt(node_id, iters, key, ast, attempt, timeout_s, lane)
+            except (LeaseLost, RunCancelled, Uncertain, asyncio.CancelledError):
                 raise
             except steps.StepSqlError as exc:
                 if exc.transient:
+                    await lane.discard()
                     # The connection broke (restart, terminated backend): retry without
                     # spending an attempt, for up to reconnect_timeout_s.
                     now = loop.time()
@@ -430,9 +481,10 @@ class RunExecution:
         ast: A.Node,
         attempt: int,
         timeout_s: float | None,
+        lane: Lane,
     ) -> Any:
         if isinstance(ast, A.Sql):
-            return await self._sql(node_id, iters, key, ast, attempt, timeout_s)
+            return await self._sql(node_id, iters, key, ast, attempt, timeout_s, lane)
         if isinstance(ast, A.Sleep):
             return await self._timer(node_id, key, ast, lambda now: now + timedelta(seconds=ast.seconds))
         if isinstance(ast, A.WaitSchedule):
@@ -470,35 +522,16 @@ class RunExecution:
         ast: A.Sql,
         attempt: int,
         timeout_s: float | None,
+        lane: Lane,
     ) -> Any:
-        assert self.engine.pool is not None
+        conn = await lane.connection()
+        text = self._substitute(ast.text, node_id, iters, attempt, conn)
+        if ast.option("transaction", True):
+            args = [self.run_id, self.engine.owner, key, node_id, "sql", attempt, None, self.engine.clock()]
+            return await lane.run(text, timeout_s, args)
         caps = (self.settings.max_result_rows, self.settings.max_result_bytes)
-        async with self.engine.pool.connection() as conn:
-            text = self._substitute(ast.text, node_id, iters, attempt, conn)
-            if ast.option("transaction", True):
-                args = [
-                    self.run_id,
-                    self.engine.owner,
-                    key,
-                    node_id,
-                    "sql",
-                    attempt,
-                    None,
-                    self.engine.clock(),
-                ]
-                return await steps.run_transactional(
-                    conn,
-                    text,
-                    timeout_s,
-                    self.q.checkpoint,
-                    args,
-                    self.engine.types,
-                    self.q.type_names,
-                    caps,
-                )
-            result = await steps.run_autocommit(
-                conn, text, timeout_s, self.engine.types, self.q.type_names, caps
-            )
+        result = await steps.run_autocommit(conn, text, timeout_s, self.engine.types, self.q.type_names, caps)
+        await lane.release()
         await self._checkpoint(key, node_id, "sql", attempt, result)
         return result
 

@@ -1,22 +1,17 @@
-"""Executing one SQL step on a pooled connection, with its checkpoint.
+"""Low-level pieces of SQL steps: errors, type names, inlined checkpoints, autocommit steps.
 
-Transactional steps (the default) send ``BEGIN; [SET LOCAL statement_timeout]; <step SQL>``
-in one round trip, then ``SELECT checkpoint_node(...); COMMIT`` in a second: the step's
-effects and its checkpoint commit together or not at all, and the checkpoint is fenced by
-the run's lease. ``transaction=false`` steps run in autocommit, then checkpoint separately,
-so they run at least once.
+Transactional steps run through :class:`dbt_durable.runner.lane.Lane`. ``transaction=false``
+steps run here in autocommit, then checkpoint separately, so they run at least once.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import pq
 
 from dbt_durable.errors import DurableError, LeaseLost, RunCancelled
-from dbt_durable.runner import faults
 from dbt_durable.runner.results import build_result
 
 
@@ -64,56 +59,32 @@ def _last_result(cur: psycopg.AsyncCursor[Any]) -> pq.abc.PGresult | None:
     return res
 
 
-def _checkpoint_sql(conn: psycopg.AsyncConnection, query: str, args: tuple[Any, ...]) -> str:
-    literals = [sql.Literal(a) for a in args]
-    return sql.SQL(query.replace("%s", "{}")).format(*literals).as_string(conn)
+def _text_literal(value: Any) -> str:
+    # Connections run with standard_conforming_strings=on (checked at connect), so doubling
+    # quotes is a complete escape; NUL cannot occur (jsonb and the ids reject it).
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if "\x00" in text:
+        raise DurableError("a checkpoint value contains a NUL character")
+    return "'" + text.replace("'", "''") + "'"
 
 
-async def run_transactional(
-    conn: psycopg.AsyncConnection,
-    step_sql: str,
-    timeout_s: float | None,
-    checkpoint_query: str,
-    checkpoint_args: list[Any],
-    types: TypeNames,
-    type_query: str,
-    caps: tuple[int, int],
-) -> dict[str, Any]:
-    """Run ``step_sql`` and checkpoint its result in the same transaction; return the result.
+def checkpoint_statement(query: str, args: tuple[Any, ...]) -> bytes:
+    """``query`` (with %s placeholders) with ``args`` inlined as literals.
 
-    ``checkpoint_args`` holds a ``None`` placeholder at index 6 for the result JSON.
+    Inlining lets the checkpoint travel in one simple-protocol round trip with other statements.
     """
-    prefix = "BEGIN;"
-    if timeout_s:
-        prefix += f"SET LOCAL statement_timeout = {int(timeout_s * 1000)};"
-    cur = conn.cursor()
-    try:
-        await cur.execute((prefix + "\n" + step_sql).encode())
-    except psycopg.Error as exc:
-        await _rollback(conn)
-        raise StepSqlError(_describe(exc), transient=conn.broken) from None
-    res = _last_result(cur)
-    faults.hit("in_step", checkpoint_args[2])
-    if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
-        await _rollback(conn)
-        raise StepSqlError(
-            "the step ended its own transaction (COMMIT/ROLLBACK inside a step); "
-            "mark it with (transaction=false) if that is intended"
-        )
-    try:
-        await types.ensure(conn, res, type_query)
-        result = build_result(res, types.names, *caps)
-        checkpoint_args[6] = json.dumps(result)
-        await cur.execute(
-            _checkpoint_sql(conn, checkpoint_query, tuple(checkpoint_args)).encode() + b";COMMIT"
-        )
-    except psycopg.Error as exc:
-        await _rollback(conn)
-        raise fence_error(exc) or StepSqlError(_describe(exc), transient=conn.broken) from None
-    except BaseException:
-        await _rollback(conn)
-        raise
-    return result
+    parts = query.split("%s")
+    out = [parts[0]]
+    for arg, part in zip(args, parts[1:], strict=True):
+        out.append(_text_literal(arg))
+        out.append(part)
+    return "".join(out).encode()
 
 
 async def run_autocommit(

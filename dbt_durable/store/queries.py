@@ -99,6 +99,8 @@ UPDATE {s}.runs
 RETURNING run_id
 """
 
+NODE_STATUS = "SELECT status FROM {s}.nodes WHERE run_id = %s AND exec_key = %s"
+
 CHECKPOINT = "SELECT {s}.checkpoint_node(%s, %s, %s, %s, %s, %s, %s, %s)"
 
 MARK_NODE = "SELECT {s}.mark_node(%s, %s, %s, %s, %s, %s, %s, %s, %s)"

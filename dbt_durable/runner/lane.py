@@ -1,0 +1,183 @@
+"""A lane: one sequential strand of a run, with its own connection and a pending checkpoint.
+
+Each transactional SQL step costs one round trip::
+
+    SELECT checkpoint_node(<previous step>); COMMIT; BEGIN; [SET LOCAL ...;] <this step>
+
+The previous step's effects and its checkpoint commit together (they share a transaction),
+and this step starts only once that commit succeeded. A crash loses at most the open step,
+whose effects roll back with its missing checkpoint: exactly once either way. The lane is
+flushed (its pending checkpoint committed) and its connection released before anything else
+runs in the strand, so other connections always see committed work.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import AsyncConnectionPool
+
+from dbt_durable.errors import DurableError
+from dbt_durable.runner import faults
+from dbt_durable.runner.results import build_result
+from dbt_durable.runner.steps import (
+    StepSqlError,
+    TypeNames,
+    _describe,
+    _last_result,
+    checkpoint_statement,
+    fence_error,
+)
+
+
+class Uncertain(DurableError):
+    """A round trip failed and the pending checkpoint may not have committed.
+
+    The runner re-walks the run from the database (a resume in place): whatever committed is
+    skipped, whatever did not runs again.
+    """
+
+
+class Lane:
+    """One strand's connection and pending checkpoint. Not shared between tasks."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        checkpoint_query: str,
+        node_status_query: str,
+        types: TypeNames,
+        type_query: str,
+        caps: tuple[int, int],
+        run_id: str,
+    ):
+        self.pool = pool
+        self.checkpoint_query = checkpoint_query
+        self.node_status_query = node_status_query
+        self.types = types
+        self.type_query = type_query
+        self.caps = caps
+        self.run_id = run_id
+        self.conn: psycopg.AsyncConnection | None = None
+        self._cm: AbstractAsyncContextManager[psycopg.AsyncConnection] | None = None
+        self.pending: bytes | None = None  # "SELECT checkpoint_node(...)" of the open step
+        self.pending_key: str | None = None
+
+    async def connection(self) -> psycopg.AsyncConnection:
+        """The lane's connection, taken from the pool on first use."""
+        if self.conn is None:
+            self._cm = self.pool.connection()
+            self.conn = await self._cm.__aenter__()
+        return self.conn
+
+    async def run(self, step_sql: str, timeout_s: float | None, checkpoint_args: list[Any]) -> Any:
+        """Run one transactional step, committing the previous one's checkpoint first.
+
+        ``checkpoint_args[6]`` is filled with the step's result. Raises
+        :class:`StepSqlError` (the step failed; the previous checkpoint is committed),
+        :class:`Uncertain`, or the fence's LeaseLost / RunCancelled.
+        """
+        conn = await self.connection()
+        head = b""
+        if self.pending is not None:
+            head = self.pending + b";COMMIT;"
+        head += b"BEGIN;"
+        if timeout_s:
+            head += f"SET LOCAL statement_timeout = {int(timeout_s * 1000)};".encode()
+        cur = conn.cursor()
+        try:
+            await cur.execute(head + b"\n" + step_sql.encode())
+        except psycopg.Error as exc:
+            await self._after_error(exc)
+            raise StepSqlError(_describe(exc), transient=conn.broken) from None
+        self._committed_pending()
+        res = _last_result(cur)
+        key = checkpoint_args[2]
+        faults.hit("in_step", key)
+        if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+            await self._rollback()
+            raise StepSqlError(
+                "the step ended its own transaction (COMMIT/ROLLBACK inside a step); "
+                "mark it with (transaction=false) if that is intended"
+            )
+        try:
+            await self.types.ensure(conn, res, self.type_query)
+            result = build_result(res, self.types.names, *self.caps)
+        except BaseException:
+            await self._rollback()
+            raise
+        checkpoint_args[6] = json.dumps(result)
+        self.pending = checkpoint_statement(self.checkpoint_query, tuple(checkpoint_args))
+        self.pending_key = key
+        return result
+
+    async def flush(self) -> None:
+        """Commit the pending checkpoint (and with it the open step's effects)."""
+        if self.pending is None or self.conn is None:
+            return
+        try:
+            await self.conn.execute(self.pending + b";COMMIT")
+        except psycopg.Error as exc:
+            await self._after_error(exc)
+            raise Uncertain(
+                f"could not commit the checkpoint of {self.pending_key}: {_describe(exc)}"
+            ) from None
+        self._committed_pending()
+
+    async def release(self) -> None:
+        """Flush, then give the connection back to the pool."""
+        await self.flush()
+        await self.discard()
+
+    async def discard(self) -> None:
+        """Give the connection back without committing (an open step rolls back)."""
+        self.pending = self.pending_key = None
+        if self._cm is not None:
+            cm, self._cm, self.conn = self._cm, None, None
+            await cm.__aexit__(None, None, None)
+
+    def _committed_pending(self) -> None:
+        if self.pending_key is not None:
+            key = self.pending_key
+            self.pending = self.pending_key = None
+            faults.hit("after_commit", key)
+
+    async def _after_error(self, exc: psycopg.Error) -> None:
+        """After a failed round trip: did the pending checkpoint commit? Raise if unsure."""
+        fenced = fence_error(exc)
+        if fenced is not None:
+            await self.discard()
+            raise fenced from None
+        if self.pending_key is None:
+            await self._rollback()
+            return
+        key = self.pending_key
+        conn = self.conn
+        self.pending = self.pending_key = None
+        committed = False
+        if conn is not None and not conn.broken:
+            try:
+                await conn.execute(b"ROLLBACK")
+                cur = await conn.execute(self.node_status_query, (self.run_id, key))
+                row = await cur.fetchone()
+                committed = row is not None and row[0] == "completed"
+            except psycopg.Error:
+                committed = False
+        if not committed:
+            await self.discard()
+            raise Uncertain(f"the checkpoint of {key} did not commit: {_describe(exc)}") from None
+        faults.hit("after_commit", key)
+
+    async def _rollback(self) -> None:
+        conn = self.conn
+        if conn is None or conn.broken:
+            await self.discard()
+            return
+        try:
+            await conn.execute(b"ROLLBACK")
+        except psycopg.Error:
+            await self.discard()
