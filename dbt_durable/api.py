@@ -140,6 +140,45 @@ class Client:
             )
             return str(row[0]), True
 
+    def start_or_resume(
+        self,
+        flow_text: str,
+        name: str,
+        vars: dict[str, str] | None = None,
+        fresh: bool = False,
+        wait: bool = True,
+        origin: str = "<flow>",
+    ) -> Started:
+        """Resume the latest unfinished run of flow ``name``, or start a new one.
+
+        This is how a re-run of the same dbt command picks up an interrupted model: an
+        unfinished (pending, running, waiting or failed) run with the same definition resumes;
+        a finished one leaves room for a new run. A changed definition raises
+        :class:`GraphChanged` unless ``fresh``, which cancels the old run and starts over.
+        """
+        flow = compile_flow(flow_text, origin)
+        vars = dict(vars or {})
+        with self._connect() as conn:
+            apply_migrations(conn, self.settings.schema)
+            row = conn.execute(self.q.latest_unfinished, (name,)).fetchone()
+            if row is not None and row[1] == flow.graph_hash and (row[2] or {}) == vars:
+                started = Started(str(row[0]), False)
+            else:
+                if row is not None:
+                    if not fresh:
+                        raise GraphChanged(
+                            f"flow {name!r} has an unfinished run {row[0]} ({row[3]}) started with a "
+                            "different definition; a resumed run never mixes two versions. Start "
+                            "fresh (dbt: --vars '{durable_fresh: true}'; CLI: --fresh), which "
+                            "cancels the old run"
+                        )
+                    conn.execute(self.q.retire_run, (row[0],))
+                run_id, created = self._create(conn, flow, name, None, vars, fresh)
+                started = Started(run_id, created)
+        if wait:
+            started.outcome = self.resume(started.run_id)
+        return started
+
     def resume(self, run_id: str, retry_failed: bool = True) -> Outcome:
         """Execute ``run_id`` in this process until it finishes. Completed nodes never re-run."""
         self.get_run(run_id)

@@ -16,7 +16,8 @@ class Settings:
 
     ``lease_ttl_s`` covers a runner that is alive but cut off; a dead runner is detected at
     once through its session advisory lock. ``heartbeat_s`` also bounds how quickly a cancel
-    interrupts a running statement.
+    interrupts a running statement. ``park_after_s``: a wait (sleep, schedule, signal) longer
+    than this parks the run as ``waiting`` and returns, instead of blocking (None: block).
     """
 
     dsn: str
@@ -29,6 +30,7 @@ class Settings:
     max_result_bytes: int = 16 * 1024 * 1024
     reconnect_timeout_s: float = 60.0
     pool_timeout_s: float = 60.0
+    park_after_s: float | None = None
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):

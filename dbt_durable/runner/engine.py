@@ -47,6 +47,15 @@ log = logging.getLogger("dbt_durable.runner")
 MAX_BACKOFF_S = 300.0
 
 
+class Parked(Exception):
+    """A wait is longer than ``park_after_s``: the run parks as ``waiting`` until ``wake_at``."""
+
+    def __init__(self, wake_at: datetime | None, reason: str):
+        super().__init__(reason)
+        self.wake_at = wake_at
+        self.reason = reason
+
+
 class BreakLoop(Exception):
     """Raised by ``break()``; caught by the nearest enclosing loop."""
 
@@ -249,6 +258,8 @@ class RunExecution:
             return await self._finish(ctl, "failed", None, "break() outside of a loop", None)
         if isinstance(exc, StepFailed):
             return await self._finish(ctl, "failed", None, exc.message, exc.exec_key)
+        if isinstance(exc, Parked):
+            return await self._finish(ctl, "waiting", None, exc.reason, None, exc.wake_at)
         raise exc
 
     async def _finish(
@@ -258,13 +269,14 @@ class RunExecution:
         result: Any,
         error: str | None,
         failed_node: str | None,
+        wake_at: datetime | None = None,
     ) -> Outcome:
         params = {
             "status": status,
             "result": Jsonb(result) if result is not None else None,
             "error": error,
             "failed_node": failed_node,
-            "wake_at": None,
+            "wake_at": wake_at,
             "run_id": self.run_id,
             "owner": self.engine.owner,
         }
@@ -545,6 +557,9 @@ class RunExecution:
             await self._mark(key, node_id, A.kind_of(ast), "waiting", 1, None, wake_at)
             st.progress[key] = NodeProgress("waiting", None, wake_at, 1)
         delay = (wake_at - self.engine.clock()).total_seconds()
+        park = self.settings.park_after_s
+        if park is not None and delay > park:
+            raise Parked(wake_at, f"{A.kind_of(ast)} at node {key} until {wake_at.isoformat()}")
         if delay > 0:
             await asyncio.sleep(delay)
         result = {"woke_at": wake_at.isoformat()}
@@ -562,6 +577,7 @@ class RunExecution:
             await self._mark(key, node_id, "wait_for_signal", "waiting", 1, None, deadline)
             st.progress[key] = NodeProgress("waiting", None, deadline, 1)
         poll = 0.05
+        started = self.engine.clock()
         while True:
             async with self.engine.pool.connection() as conn:
                 async with conn.transaction():
@@ -578,6 +594,9 @@ class RunExecution:
                         }
                         await self._checkpoint_on(conn, key, node_id, "wait_for_signal", 1, result)
                         return result
+            park = self.settings.park_after_s
+            if park is not None and (self.engine.clock() - started).total_seconds() >= park:
+                raise Parked(deadline, f"wait_for_signal('{ast.name}') at node {key}")
             if deadline is not None and self.engine.clock() >= deadline:
                 result = {"signal_name": ast.name, "payload": None, "timed_out": True}
                 await self._checkpoint(key, node_id, "wait_for_signal", 1, result)

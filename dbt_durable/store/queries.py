@@ -24,6 +24,18 @@ RUN_BY_KEY = """
 SELECT run_id, graph_hash, vars, status FROM {s}.runs WHERE flow_name = %s AND run_key = %s
 """
 
+LATEST_UNFINISHED = """
+SELECT run_id, graph_hash, vars, status FROM {s}.runs
+ WHERE flow_name = %s AND status IN ('pending', 'running', 'waiting', 'failed')
+ ORDER BY created_at DESC LIMIT 1
+"""
+
+RETIRE_RUN = """
+UPDATE {s}.runs SET status = 'cancelled', cancel_requested = 'superseded by a fresh start',
+       error = 'superseded by a fresh start', finished_at = now(), updated_at = now()
+ WHERE run_id = %s AND status IN ('pending', 'running', 'waiting', 'failed')
+"""
+
 RETIRE_KEY = """
 UPDATE {s}.runs SET run_key = run_key || ':superseded:' || run_id::text,
        status = CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN status ELSE 'cancelled' END,

@@ -162,7 +162,9 @@ SELECT r.run_id, r.flow_name, r.run_key, r.status, r.submitted_by,
        count(n.*) FILTER (WHERE n.status = 'completed') AS nodes_completed,
        count(n.*) FILTER (WHERE n.status IN ('running', 'waiting')) AS nodes_active,
        count(n.*) FILTER (WHERE n.status = 'failed') AS nodes_failed,
-       jsonb_array_length(r.graph -> 'nodes') AS graph_nodes,
+       (SELECT count(*) FROM jsonb_array_elements(r.graph -> 'nodes') AS g(node)
+         WHERE g.node ->> 'kind' IN ('sql', 'http', 'sleep', 'wait_for_schedule', 'wait_for_signal')
+       ) AS graph_nodes,
        r.failed_node, r.error, r.created_at, r.updated_at, r.finished_at
 FROM __SCHEMA__.runs r LEFT JOIN __SCHEMA__.nodes n USING (run_id)
 GROUP BY r.run_id;

@@ -1,0 +1,26 @@
+{#-
+  materialized='durable': runs the model's flow durably. A re-run of the same dbt command
+  resumes the model's interrupted run; completed nodes are skipped.
+
+  Config:
+    durable_wait:  'park' (default) parks a long wait (signal, sleep, schedule) and reports the
+                   model as waiting, so dbt never hangs; 'block' waits it out.
+    durable_fresh: true to cancel an unfinished run whose flow changed and start over
+                   (also: --vars '{durable_fresh: true}').
+  The flow should build {{ this }} (for example its last step), so ref() to the model works.
+-#}
+{% materialization durable, adapter='durable' %}
+  {%- set target_relation = this.incorporate(type='table') -%}
+  {{ run_hooks(pre_hooks, inside_transaction=False) }}
+  {%- set fresh = config.get('durable_fresh', false) or var('durable_fresh', false) -%}
+  {%- set outcome = adapter.durable_run_model(
+        sql, model.unique_id, model.original_file_path,
+        config.get('durable_vars', {}), fresh, config.get('durable_wait', 'park')) -%}
+  {%- if outcome.status not in ('completed', 'waiting') -%}
+    {{ exceptions.raise_compiler_error("durable model " ~ model.unique_id ~ ": " ~ outcome.message) }}
+  {%- endif -%}
+  {% call noop_statement('main', outcome.message, code='DURABLE', rows_affected=outcome.executed) %}{% endcall %}
+  {{ run_hooks(post_hooks, inside_transaction=False) }}
+  {% do adapter.cache_added(target_relation) %}
+  {{ return({'relations': [target_relation]}) }}
+{% endmaterialization %}
