@@ -127,7 +127,7 @@ def durable_status(client: Client, config: Any, args: dict[str, Any]) -> list[st
 
 def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(columns)]
-    fmt = " | ".join("{:<%d}" % w for w in widths)
+    fmt = " | ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*columns), "-+-".join("-" * w for w in widths)] + [fmt.format(*r) for r in rows]
 
 

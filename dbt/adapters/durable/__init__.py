@@ -1,6 +1,7 @@
 """The dbt adapter plugin for profile ``type: durable``: Postgres plus the durable runtime."""
 
 from dbt.adapters.base import AdapterPlugin
+
 from dbt.adapters.durable.connections import DurableConnectionManager, DurableCredentials
 from dbt.adapters.durable.impl import DurableAdapter
 from dbt.include import durable
