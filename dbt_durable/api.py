@@ -10,6 +10,8 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +66,24 @@ class Client:
         self.settings = settings
         self.q = Queries(settings.schema)
 
-    def _connect(self) -> psycopg.Connection:
-        return open_sync(self.settings.dsn)
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection]:
+        conn = open_sync(self.settings.dsn)
+        try:
+            yield conn
+        except (
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.InvalidSchemaName,
+        ) as exc:
+            if self.settings.schema not in str(exc):
+                raise
+            raise RunNotFound(
+                f"no dbt-durable state in schema {self.settings.schema!r} of this database yet "
+                "(start a run, or run `dbt-durable migrate`)"
+            ) from None
+        finally:
+            conn.close()
 
     def migrate(self) -> list[str]:
         """Create or upgrade the state schema; returns the migrations applied now."""

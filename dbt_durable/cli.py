@@ -26,9 +26,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
-def _database(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
+def _database(obj: dict[str, Any]) -> Iterator[str]:
+    """The DSN: --dsn / DBT_DURABLE_DSN, else the dbt project's profile, else the embedded db."""
+    if obj["dsn_option"]:
+        yield obj["dsn_option"]
+        return
+    from dbt_durable.bridge.profile import find_project, load_target
+
+    project = find_project(obj["project_dir"])
+    if project is not None:
+        target = load_target(project, obj["profiles_dir"], obj["target"])
+        click.echo(f"Using the dbt {target.description}", err=True)
+        obj["schema"] = obj["schema"] or target.schema
+        obj["concurrency"] = obj["concurrency"] or target.concurrency
+        yield target.dsn
         return
     from dbt_durable.embedded import DEFAULT_HOME, embedded_database
 
@@ -45,7 +56,9 @@ def _client(ctx: click.Context) -> Any:
     from dbt_durable.config import Settings
 
     obj = ctx.obj
-    return Client(Settings(dsn=obj["dsn"], schema=obj["schema"], concurrency=obj["concurrency"]))
+    return Client(
+        Settings(dsn=obj["dsn"], schema=obj["schema"] or "dbt_durable", concurrency=obj["concurrency"] or 8)
+    )
 
 
 def _handles_errors(func: F) -> F:
@@ -66,7 +79,7 @@ def _with_db(func: F) -> F:
     @wraps(func)
     @click.pass_context
     def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
-        with _database(ctx.obj["dsn_option"]) as dsn:
+        with _database(ctx.obj) as dsn:
             ctx.obj["dsn"] = dsn
             return ctx.invoke(func, *args, **kwargs)
 
@@ -75,27 +88,47 @@ def _with_db(func: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--dsn", envvar="DBT_DURABLE_DSN", help="Postgres connection string (default: embedded database)."
+    "--dsn",
+    envvar="DBT_DURABLE_DSN",
+    help="Postgres connection string. Default: the dbt project's profile, else the embedded database.",
 )
 @click.option(
     "--schema",
     envvar="DBT_DURABLE_SCHEMA",
-    default="dbt_durable",
-    show_default=True,
-    help="Schema holding the durable state.",
+    default=None,
+    help="Schema holding the durable state (default: the profile's durable_schema, else dbt_durable).",
 )
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 256),
-    default=8,
-    show_default=True,
-    help="Parallel branches (pooled connections) per runner.",
+    default=None,
+    help="Parallel branches (pooled connections) per runner (default 8).",
 )
+@click.option(
+    "--project-dir", default=None, help="dbt project folder (default: the current folder, if it is one)."
+)
+@click.option("--profiles-dir", default=None, help="Folder holding profiles.yml, as in dbt.")
+@click.option("--target", "-t", default=None, help="dbt target to use, as in dbt.")
 @click.version_option(package_name="dbt-durable")
 @click.pass_context
-def main(ctx: click.Context, dsn: str | None, schema: str, concurrency: int) -> None:
+def main(
+    ctx: click.Context,
+    dsn: str | None,
+    schema: str | None,
+    concurrency: int | None,
+    project_dir: str | None,
+    profiles_dir: str | None,
+    target: str | None,
+) -> None:
     """Durable, resumable workflow graphs of SQL steps, checkpointed in PostgreSQL."""
-    ctx.obj = {"dsn_option": dsn, "schema": schema, "concurrency": concurrency}
+    ctx.obj = {
+        "dsn_option": dsn,
+        "schema": schema,
+        "concurrency": concurrency,
+        "project_dir": project_dir,
+        "profiles_dir": profiles_dir,
+        "target": target,
+    }
 
 
 def _report(outcome: Any, as_json: bool) -> None:
@@ -232,7 +265,7 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, limit: int) ->
                 r["status"],
                 r["nodes_completed"],
                 r["failed_node"] or "",
-                r["created_at"],
+                str(r["created_at"])[:19],
             ]
             for r in runs
         ],
@@ -248,7 +281,7 @@ def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*[str(v) for v in row])
-    Console(width=max(100, int(os.environ.get("COLUMNS", "0") or 0))).print(table)
+    Console(width=max(150, int(os.environ.get("COLUMNS", "0") or 0))).print(table)
 
 
 @main.command()
@@ -278,7 +311,7 @@ def explain(ctx: click.Context, target: str) -> None:
 
         click.echo(explain_graph(compile_flow(target)))
         return
-    with _database(ctx.obj["dsn_option"]) as dsn:
+    with _database(ctx.obj) as dsn:
         ctx.obj["dsn"] = dsn
         click.echo(_client(ctx).explain(target))
 
@@ -326,7 +359,7 @@ def demo(ctx: click.Context) -> None:
     """Run a pipeline, SIGKILL it halfway, resume it, and show what was skipped and what ran."""
     from dbt_durable.demo import run_demo
 
-    run_demo(ctx.obj["dsn"], ctx.obj["schema"])
+    run_demo(ctx.obj["dsn"], ctx.obj["schema"] or "dbt_durable")
 
 
 if __name__ == "__main__":
