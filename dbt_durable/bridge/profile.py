@@ -51,7 +51,7 @@ def load_target(project: Path, profiles_dir: str | None, target: str | None) -> 
     from dbt.adapters.durable.connections import DurableCredentials
 
     folder = _profiles_dir(profiles_dir, project)
-    set_from_args(Namespace(PROFILES_DIR=folder), None)  # type: ignore[arg-type]
+    set_from_args(Namespace(PROFILES_DIR=folder), None)
     try:
         raw_project = load_raw_project(str(project))
         profile_name = raw_project.get("profile")

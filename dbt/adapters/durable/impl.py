@@ -20,7 +20,7 @@ def _stub(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 class DurableAdapter(PostgresAdapter):
-    ConnectionManager = DurableConnectionManager  # type: ignore[assignment]
+    ConnectionManager = DurableConnectionManager
 
     @classmethod
     def type(cls) -> str:
