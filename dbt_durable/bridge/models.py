@@ -35,11 +35,16 @@ class ModelRun:
         return dict(self.__dict__)
 
 
-def settings_for(dsn: str, schema: str, concurrency: int, wait: str) -> Settings:
-    """Settings of a model run: ``wait='park'`` parks long waits, ``'block'`` waits them out."""
+def settings_for(
+    dsn: str, schema: str, concurrency: int, wait: str, park_after: float | None = None
+) -> Settings:
+    """Settings of a model run: ``wait='park'`` parks waits longer than ``park_after`` seconds
+    (default 5), ``'block'`` waits them out."""
     if wait not in WAIT_MODES:
         raise ValueError(f"durable_wait must be one of {', '.join(WAIT_MODES)}, got {wait!r}")
-    park = DEFAULT_PARK_AFTER_S if wait == "park" else None
+    if park_after is not None and (not isinstance(park_after, (int, float)) or park_after < 0):
+        raise ValueError(f"durable_park_after must be a number of seconds >= 0, got {park_after!r}")
+    park = (DEFAULT_PARK_AFTER_S if park_after is None else float(park_after)) if wait == "park" else None
     return Settings(dsn=dsn, schema=schema, concurrency=concurrency, park_after_s=park)
 
 

@@ -152,6 +152,7 @@ class RunExecution:
         self.cancel_event = asyncio.Event()
         self.lost_event = asyncio.Event()
         self.state: RunState | None = None
+        self.flow_name = ""
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, retry_failed: bool) -> Outcome:
@@ -175,6 +176,7 @@ class RunExecution:
                 return Outcome(self.run_id, row[6], row[11], row[12], row[13])
             flow = compile_flow(row[3], f"run {self.run_id}")
             progress = await self._load_progress(ctl)
+            self.flow_name = row[1]
             self.state = RunState(self.run_id, flow, dict(row[5] or {}), progress)
             if row[10] is not None:
                 return await self._finish(ctl, "cancelled", None, f"cancelled: {row[10]}", None)
@@ -309,6 +311,7 @@ class RunExecution:
             self.q.type_names,
             caps,
             self.run_id,
+            self.flow_name,
         )
 
     async def strand(self, node_id: str, iters: tuple[int, ...]) -> Any:
@@ -369,12 +372,12 @@ class RunExecution:
             st.skipped += 1
             return done.result
         st.executed += 1
-        faults.hit("before_step", key)
+        faults.hit("before_step", key, self.flow_name)
         if not (isinstance(ast, A.Sql) and ast.option("transaction", True)):
             await lane.release()
         value = await self._step(node_id, iters, key, ast, lane)
         if lane.pending_key is None:  # lane steps report after_commit when their checkpoint commits
-            faults.hit("after_commit", key)
+            faults.hit("after_commit", key, self.flow_name)
         return value
 
     async def _join(self, node_id: str, iters: tuple[int, ...]) -> list[Any]:

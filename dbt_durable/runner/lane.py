@@ -54,6 +54,7 @@ class Lane:
         type_query: str,
         caps: tuple[int, int],
         run_id: str,
+        flow_name: str,
     ):
         self.pool = pool
         self.checkpoint_query = checkpoint_query
@@ -62,6 +63,7 @@ class Lane:
         self.type_query = type_query
         self.caps = caps
         self.run_id = run_id
+        self.flow_name = flow_name
         self.conn: psycopg.AsyncConnection | None = None
         self._cm: AbstractAsyncContextManager[psycopg.AsyncConnection] | None = None
         self.pending: bytes | None = None  # "SELECT checkpoint_node(...)" of the open step
@@ -97,7 +99,7 @@ class Lane:
         self._committed_pending()
         res = _last_result(cur)
         key = checkpoint_args[2]
-        faults.hit("in_step", key)
+        faults.hit("in_step", key, self.flow_name)
         if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
             await self._rollback()
             raise StepSqlError(
@@ -144,7 +146,7 @@ class Lane:
         if self.pending_key is not None:
             key = self.pending_key
             self.pending = self.pending_key = None
-            faults.hit("after_commit", key)
+            faults.hit("after_commit", key, self.flow_name)
 
     async def _after_error(self, exc: psycopg.Error) -> None:
         """After a failed round trip: did the pending checkpoint commit? Raise if unsure."""
@@ -170,7 +172,7 @@ class Lane:
         if not committed:
             await self.discard()
             raise Uncertain(f"the checkpoint of {key} did not commit: {_describe(exc)}") from None
-        faults.hit("after_commit", key)
+        faults.hit("after_commit", key, self.flow_name)
 
     async def _rollback(self) -> None:
         conn = self.conn

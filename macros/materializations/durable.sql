@@ -5,6 +5,8 @@
   Config:
     durable_wait:  'park' (default) parks a long wait (signal, sleep, schedule) and reports the
                    model as waiting, so dbt never hangs; 'block' waits it out.
+    durable_park_after: seconds a wait may block before it parks (default 5).
+    durable_vars:  {name} variables of the flow.
     durable_fresh: true to cancel an unfinished run whose flow changed and start over
                    (also: --vars '{durable_fresh: true}').
   The flow should build {{ this }} (for example its last step), so ref() to the model works.
@@ -15,9 +17,10 @@
   {%- set fresh = config.get('durable_fresh', false) or var('durable_fresh', false) -%}
   {%- set outcome = adapter.durable_run_model(
         sql, model.unique_id, model.original_file_path,
-        config.get('durable_vars', {}), fresh, config.get('durable_wait', 'park')) -%}
+        config.get('durable_vars', {}), fresh, config.get('durable_wait', 'park'),
+        config.get('durable_park_after', none)) -%}
   {%- if outcome.status not in ('completed', 'waiting') -%}
-    {{ exceptions.raise_compiler_error("durable model " ~ model.unique_id ~ ": " ~ outcome.message) }}
+    {{ exceptions.raise_database_error("durable " ~ outcome.message ~ ". Run the same command again to resume from the failed node.") }}
   {%- endif -%}
   {% call noop_statement('main', outcome.message, code='DURABLE', rows_affected=outcome.executed) %}{% endcall %}
   {{ run_hooks(post_hooks, inside_transaction=False) }}

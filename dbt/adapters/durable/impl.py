@@ -31,12 +31,14 @@ class DurableAdapter(PostgresAdapter):
         assert isinstance(creds, DurableCredentials)
         return creds
 
-    def _settings(self, wait: str = "park") -> Any:
+    def _settings(self, wait: str = "park", park_after: float | None = None) -> Any:
         from dbt_durable.bridge.models import settings_for
 
         creds = self._credentials()
         try:
-            return settings_for(creds.durable_dsn(), creds.durable_schema, creds.durable_concurrency, wait)
+            return settings_for(
+                creds.durable_dsn(), creds.durable_schema, creds.durable_concurrency, wait, park_after
+            )
         except ValueError as exc:
             raise CompilationError(str(exc)) from None
 
@@ -49,12 +51,13 @@ class DurableAdapter(PostgresAdapter):
         vars: dict[str, Any] | None = None,
         fresh: bool = False,
         wait: str = "park",
+        park_after: float | None = None,
     ) -> dict[str, Any]:
         """Start or resume the durable run of one model (called by the materialization)."""
         from dbt_durable.bridge.models import run_model
         from dbt_durable.errors import DurableError, FlowError
 
-        settings = self._settings(wait)
+        settings = self._settings(wait, park_after)
         text_vars = {str(k): str(v) for k, v in (vars or {}).items()}
         try:
             return run_model(settings, flow_text, unique_id, origin, text_vars, fresh).as_dict()
