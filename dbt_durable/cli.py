@@ -353,13 +353,19 @@ def migrate(ctx: click.Context) -> None:
 
 
 @main.command()
-@_with_db
 @click.pass_context
+@_handles_errors
 def demo(ctx: click.Context) -> None:
-    """Run a pipeline, SIGKILL it halfway, resume it, and show what was skipped and what ran."""
+    """Build the example dbt project, SIGKILL it halfway, resume it, and show what was skipped."""
     from dbt_durable.demo import run_demo
+    from dbt_durable.embedded import DEFAULT_HOME, embedded_database
 
-    run_demo(ctx.obj["dsn"], ctx.obj["schema"] or "dbt_durable")
+    if ctx.obj["dsn_option"]:
+        run_demo(ctx.obj["dsn_option"], DEFAULT_HOME)
+        return
+    click.echo(f"Using the embedded database under {DEFAULT_HOME}/", err=True)
+    with embedded_database(DEFAULT_HOME) as dsn:
+        run_demo(dsn, DEFAULT_HOME)
 
 
 if __name__ == "__main__":

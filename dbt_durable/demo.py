@@ -1,103 +1,152 @@
-"""``dbt-durable demo``: a durable pipeline is killed halfway, then resumed from its checkpoint.
+"""``dbt-durable demo``: the example dbt project, killed halfway and resumed.
 
-It generates 20,000 orders, loads them in batches through a loop, fans out three aggregates in
-parallel and publishes a summary. The first attempt is SIGKILLed inside the third batch's
-transaction; the second attempt skips everything already done and finishes the job.
+1. ``dbt build`` of example_project is SIGKILLed inside the third ingest batch.
+2. The same ``dbt build`` again resumes: finished batches and models are skipped.
+3. The approval flow, parked on a signal, is approved and finished.
+4. The results: published tables, the fan-out summary and a pgvector similarity search.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import uuid
+from importlib import resources
+from pathlib import Path
 
 import click
 import psycopg
-from psycopg import sql
+from psycopg import conninfo, sql
 
-FLOW = """
-$$CREATE TABLE IF NOT EXISTS demo_raw_orders AS
-  SELECT g AS order_id, 1 + g % 500 AS customer_id,
-         round((10 + (g * 7919) % 990)::numeric / 3, 2) AS amount,
-         timestamp '2026-01-01' + (g % 300) * interval '1 day' AS ordered_at
-  FROM generate_series(1, 20000) g$$
-~> 'CREATE TABLE IF NOT EXISTS demo_orders (order_id int PRIMARY KEY, customer_id int, amount numeric, ordered_at timestamp)'
-~> 'SELECT 0 AS last_id' |=> 'cursor'
-~> loop(
-     $$INSERT INTO demo_orders SELECT * FROM demo_raw_orders
-       WHERE order_id > $cursor.last_id ORDER BY order_id LIMIT {batch_size}
-       ON CONFLICT (order_id) DO NOTHING$$
-     ~> $$SELECT coalesce(max(order_id), 0) AS last_id, count(*) AS loaded FROM demo_orders$$ |=> 'cursor',
-     $$SELECT $cursor.loaded < 20000$$)
-~> ( $$SELECT count(*) AS orders FROM demo_orders$$
-   & $$SELECT round(sum(amount), 2) AS revenue FROM demo_orders$$
-   & $$SELECT count(DISTINCT customer_id) AS customers FROM demo_orders$$ ) |=> 'stats'
-~> $$CREATE TABLE IF NOT EXISTS demo_summary AS
-     SELECT (SELECT count(*) FROM demo_orders) AS orders,
-            (SELECT round(sum(amount), 2) FROM demo_orders) AS revenue, now() AS published_at$$
-~> 'SELECT orders, revenue FROM demo_summary'
-"""
-
-KILL_AT = "in_step@0.3.0.0#2"  # inside the third batch's transaction
+STATE_SCHEMA = "dbt_durable_demo"
+PIPELINE = "model.shop.orders_pipeline"
+KILL_AT = f"in_step@0.5.0.0#2@{PIPELINE}"  # inside the third ingest batch's transaction
 
 
-def run_demo(dsn: str, schema: str) -> None:
-    """Run the demo against ``dsn``; raises SystemExit(1) if it does not end as promised."""
-    key = f"demo-{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in ("demo_summary", "demo_orders", "demo_raw_orders"):
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-    cmd = [
-        sys.executable,
-        "-m",
-        "dbt_durable",
-        "--dsn",
-        dsn,
-        "--schema",
-        schema,
-        "start",
-        "--name",
-        "demo",
-        "--key",
-        key,
-        "--var",
-        "batch_size=5000",
-        "--wait",
-        FLOW,
+def example_project_source() -> Path:
+    """The example project shipped with the package (or the checkout's example_project/)."""
+    shipped = Path(str(resources.files("dbt_durable.example_project")))
+    return shipped
+
+
+def _dbt() -> list[str]:
+    exe = shutil.which("dbt")
+    return [exe] if exe else [sys.executable, "-c", "from dbt.cli.main import cli; cli()"]
+
+
+def _env(dsn: str) -> dict[str, str]:
+    params = conninfo.conninfo_to_dict(dsn)
+    env = dict(os.environ)
+    env.pop("DBT_DURABLE_FAULT", None)
+    env.update(
+        DBT_DURABLE_PGHOST=str(params.get("host", "localhost")),
+        DBT_DURABLE_PGPORT=str(params.get("port") or 5432),
+        DBT_DURABLE_PGUSER=str(params.get("user") or "postgres"),
+        DBT_DURABLE_PGPASSWORD=str(params.get("password") or ""),
+        DBT_DURABLE_PGDATABASE=str(params.get("dbname") or "postgres"),
+        DBT_DURABLE_SCHEMA=STATE_SCHEMA,
+        DBT_SEND_ANONYMOUS_USAGE_STATS="false",
+    )
+    return env
+
+
+def _run_dbt(args: list[str], project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = _dbt() + args + ["--project-dir", str(project), "--profiles-dir", str(project)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=project)
+
+
+def _durable_lines(output: str) -> list[str]:
+    return [
+        line.split("  ", 1)[-1].strip()
+        for line in output.splitlines()
+        if "DURABLE" in line or " ERROR " in line
     ]
-    click.secho("1. Starting the pipeline; it will be killed (SIGKILL) inside batch 3.", bold=True)
-    env = dict(os.environ, DBT_DURABLE_FAULT=KILL_AT)
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+
+
+def _reset(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for schema in ("analytics_shop", "analytics_raw", STATE_SCHEMA):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _progress(dsn: str) -> list[tuple[str, str, int]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT flow_name, status, nodes_completed FROM {}.progress ORDER BY created_at").format(
+                sql.Identifier(STATE_SCHEMA)
+            )
+        ).fetchall()
+    return [(str(a), str(b), int(c)) for a, b, c in rows]
+
+
+def run_demo(dsn: str, home: Path) -> None:
+    """Run the demo against ``dsn`` in a copy of the example project under ``home``."""
+    project = home.resolve() / "example_project"
+    shutil.rmtree(project, ignore_errors=True)
+    shutil.copytree(
+        example_project_source(),
+        project,
+        ignore=shutil.ignore_patterns("__init__.py", "__pycache__", "target", "logs"),
+    )
+    _reset(dsn)
+    env = _env(dsn)
+
+    click.secho("1. dbt build of example_project; it is killed (SIGKILL) inside ingest batch 3.", bold=True)
+    first = _run_dbt(["build", "--threads", "1"], project, dict(env, DBT_DURABLE_FAULT=KILL_AT))
     if first.returncode != -signal.SIGKILL:
-        click.echo(first.stderr, err=True)
-        raise SystemExit(1)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        loaded = conn.execute("SELECT count(*) FROM demo_orders").fetchone()
-    click.echo(
-        f"   killed. Rows in demo_orders: {loaded[0] if loaded else 0} (batches 1-2 committed, "
-        "batch 3 rolled back with its checkpoint)"
-    )
-    click.secho("2. Running the same command again: it resumes from the last checkpoint.", bold=True)
-    env.pop("DBT_DURABLE_FAULT")
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    click.echo("   " + second.stderr.strip().splitlines()[-1])
+        click.echo(first.stdout + first.stderr, err=True)
+        raise click.ClickException("the first dbt build was expected to be killed")
+    for flow, status, done in _progress(dsn):
+        click.echo(f"   {flow:<34} {status:<9} {done} node(s) checkpointed")
+
+    click.secho("2. The same dbt build again: every model resumes from its checkpoints.", bold=True)
+    second = _run_dbt(["build", "--threads", "1"], project, env)
+    for line in _durable_lines(second.stdout):
+        click.echo("   " + line)
     if second.returncode != 0:
-        click.echo(second.stderr, err=True)
-        raise SystemExit(1)
-    run_id = second.stdout.strip().splitlines()[-1]
-    click.secho(f"3. The run's graph, with each node's status (dbt-durable explain {run_id}):", bold=True)
-    explain = subprocess.run(
-        [sys.executable, "-m", "dbt_durable", "--dsn", dsn, "--schema", schema, "explain", run_id],
-        capture_output=True,
-        text=True,
-    )
-    click.echo(explain.stdout)
+        click.echo(second.stdout + second.stderr, err=True)
+        raise click.ClickException("the resumed dbt build failed")
+
+    click.secho("3. refund_approval is parked on a signal; approve it and run the model again.", bold=True)
+    signal_args = "{select: refund_approval, name: approve_refunds, payload: {approved: true, by: demo}}"
+    sent = _run_dbt(["run-operation", "durable_signal", "--args", signal_args], project, env)
+    if sent.returncode != 0:
+        click.echo(sent.stdout + sent.stderr, err=True)
+        raise click.ClickException("sending the approval signal failed")
+    third = _run_dbt(["run", "--select", "refund_approval"], project, env)
+    for line in _durable_lines(third.stdout):
+        click.echo("   " + line)
+    if third.returncode != 0:
+        click.echo(third.stdout + third.stderr, err=True)
+        raise click.ClickException("finishing the approval flow failed")
+
+    click.secho("4. Results", bold=True)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT orders, revenue FROM demo_summary").fetchone()
-        dupes = conn.execute("SELECT count(*) - count(DISTINCT order_id) FROM demo_orders").fetchone()
-    assert row is not None and dupes is not None
-    click.secho(f"Done: {row[0]} orders, revenue {row[1]}, duplicate rows: {dupes[0]}.", bold=True)
-    if row[0] != 20000 or dupes[0] != 0:
-        raise SystemExit(1)
+        orders, dupes = conn.execute(
+            "SELECT count(*), count(*) - count(DISTINCT order_id) FROM analytics_shop.orders_pipeline"
+        ).fetchone() or (0, 0)
+        staged = conn.execute("SELECT count(*) FROM analytics_shop.stg_orders").fetchone()
+        stats = conn.execute(
+            "SELECT orders, revenue, top_category, customers FROM analytics_shop.customer_stats"
+        ).fetchone()
+        refunds = conn.execute(
+            "SELECT status, count(*) FROM analytics_shop.refund_approval GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        nearest = conn.execute(
+            "SELECT doc_id, left(chunk, 50) FROM analytics_shop.doc_embeddings "
+            "ORDER BY embedding <=> analytics_shop.hash_embed('tools for the garden') LIMIT 3"
+        ).fetchall()
+    click.echo(
+        f"   staged {staged[0] if staged else 0} rows exactly once; published {orders} orders "
+        f"after dedupe, {dupes} duplicates"
+    )
+    if stats:
+        click.echo(
+            f"   customer_stats: {stats[0]} orders, revenue {stats[1]}, top category {stats[2]}, "
+            f"{stats[3]} customers"
+        )
+    click.echo("   refunds: " + ", ".join(f"{n} {s}" for s, n in refunds))
+    click.echo("   nearest notes to 'tools for the garden': " + "; ".join(f"#{d} {c}" for d, c in nearest))
+    click.echo(f"Done. The project copy is in {project}; state is in schema {STATE_SCHEMA}.")

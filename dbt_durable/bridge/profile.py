@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,10 +21,12 @@ class DbtTarget:
 def find_project(project_dir: str | None) -> Path | None:
     """The dbt project folder: ``project_dir``, else the current folder if it has dbt_project.yml."""
     folder = Path(project_dir) if project_dir else Path.cwd()
-    if (folder / "dbt_project.yml").exists():
+    project_file = folder / "dbt_project.yml"
+    # A package without a profile (like dbt-durable's own root) is not a project to run.
+    if project_file.exists() and re.search(r"^profile\s*:", project_file.read_text(), re.M):
         return folder
     if project_dir:
-        raise ConfigError(f"--project-dir {project_dir}: no dbt_project.yml there")
+        raise ConfigError(f"--project-dir {project_dir}: no dbt_project.yml with a profile there")
     return None
 
 
