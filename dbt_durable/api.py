@@ -197,6 +197,14 @@ class Client:
             started.outcome = self.resume(started.run_id)
         return started
 
+    def create_schemas(self, schemas: list[str]) -> None:
+        """CREATE SCHEMA IF NOT EXISTS for each name (models' schemas, for run-operations)."""
+        from psycopg import sql
+
+        with self._connect() as conn:
+            for schema in schemas:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
     def resume(self, run_id: str, retry_failed: bool = True) -> Outcome:
         """Execute ``run_id`` in this process until it finishes. Completed nodes never re-run."""
         self.get_run(run_id)

@@ -13,12 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
 import click
 import psycopg
 from psycopg import conninfo, sql
+
+from dbt_durable.resources import example_project_dir
 
 STATE_SCHEMA = "dbt_durable_demo"
 PIPELINE = "model.shop.orders_pipeline"
@@ -27,8 +28,7 @@ KILL_AT = f"in_step@0.5.0.0#2@{PIPELINE}"  # inside the third ingest batch's tra
 
 def example_project_source() -> Path:
     """The example project shipped with the package (or the checkout's example_project/)."""
-    shipped = Path(str(resources.files("dbt_durable.example_project")))
-    return shipped
+    return example_project_dir()
 
 
 def _dbt() -> list[str]:

@@ -190,6 +190,7 @@ def durable_models(manifest: dict[str, Any]) -> nx.DiGraph:
         dag.add_node(
             uid,
             flow=node["compiled_code"],
+            schema=node["schema"],
             origin=node["original_file_path"],
             fresh=bool(node["config"].get("durable_fresh", False)),
         )
@@ -207,6 +208,8 @@ def durable_run(client: Client, settings: Settings, config: Any, args: dict[str,
     if not dag:
         return [f"durable_run: no durable model matches {args.get('select') or 'the project'}"]
     text_vars = {str(k): str(v) for k, v in vars.items()}
+    # dbt run creates model schemas before running models; a run-operation does not.
+    client.create_schemas(sorted({dag.nodes[uid]["schema"] for uid in dag}))
     wait = args.get("wait", True) is not False
     fresh = bool(args.get("fresh", False))
     lines, failed = [], False

@@ -7,10 +7,10 @@ transaction, each at most once (recorded in ``<schema>.schema_version``). Runnin
 
 from __future__ import annotations
 
-from importlib import resources
-
 import psycopg
 from psycopg import sql
+
+from dbt_durable.resources import migrations_dir
 
 MIGRATION_LOCK = 0x6462_7464_7572  # "dbtdur"
 
@@ -22,9 +22,8 @@ def schema_sql(text: str, schema: str) -> str:
 
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, SQL) of every shipped migration, in version order."""
-    folder = resources.files("dbt_durable.runtime_sql.migrations")
     found = []
-    for entry in folder.iterdir():
+    for entry in migrations_dir().iterdir():
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text()))
