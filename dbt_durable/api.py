@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +18,13 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from dbt_durable.bridge.build import check_target
 from dbt_durable.config import Settings
 from dbt_durable.errors import ConfigError, GraphChanged, RunNotFound
 from dbt_durable.graph.build import FlowGraph, compile_flow
 from dbt_durable.graph.explain import explain as explain_graph
 from dbt_durable.runner.engine import Engine, Outcome
+from dbt_durable.runner.schedules import check_schedule
 from dbt_durable.store.connect import open_sync
 from dbt_durable.store.migrate import migrate as apply_migrations
 from dbt_durable.store.queries import Queries
@@ -65,11 +67,20 @@ class Client:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.q = Queries(settings.schema)
+        self._checked_schema = False
 
     @contextmanager
     def _connect(self) -> Iterator[psycopg.Connection]:
         conn = open_sync(self.settings.dsn)
         try:
+            if not self._checked_schema:
+                # An existing state schema from an older version is upgraded before use.
+                found = conn.execute(
+                    "SELECT to_regclass(%s)", (f"{self.settings.schema}.schema_version",)
+                ).fetchone()
+                if found and found[0] is not None:
+                    apply_migrations(conn, self.settings.schema)
+                self._checked_schema = True
             yield conn
         except (
             psycopg.errors.UndefinedTable,
@@ -205,15 +216,94 @@ class Client:
             for schema in schemas:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
-    def resume(self, run_id: str, retry_failed: bool = True) -> Outcome:
+    def resume(
+        self, run_id: str, retry_failed: bool = True, echo: Callable[[str], None] | None = None
+    ) -> Outcome:
         """Execute ``run_id`` in this process until it finishes. Completed nodes never re-run."""
         self.get_run(run_id)
 
         async def go() -> Outcome:
             async with Engine(self.settings) as engine:
-                return await engine.execute(run_id, retry_failed=retry_failed)
+                return await engine.execute(run_id, retry_failed=retry_failed, echo=echo)
 
         return asyncio.run(go())
+
+    def start_build(self, target: dict[str, Any], name: str, resume: bool = False) -> Started:
+        """Queue a durable dbt build (``target``: args, project_dir, profiles_dir, target).
+
+        With ``resume``, the latest unfinished build of ``name`` with the same arguments is
+        continued instead; it is an error if there is none.
+        """
+        check_target(target)
+        target = {**target, "kind": "dbt_build"}
+        with self._connect() as conn:
+            apply_migrations(conn, self.settings.schema)
+            if resume:
+                row = conn.execute(self.q.latest_unfinished, (name,)).fetchone()
+                if row is None:
+                    raise RunNotFound(f"no unfinished durable build named {name!r} to resume")
+                existing = conn.execute(self.q.get_run, (row[0],)).fetchone()
+                assert existing is not None
+                if dict(existing[19] or {}) != target:
+                    raise GraphChanged(
+                        f"build {row[0]} was started with other dbt arguments ({existing[19].get('args')}); "
+                        "run it without --resume to start a new build"
+                    )
+                return Started(str(row[0]), False)
+            params = {"flow_name": name, "run_key": None, "dbt_args": Jsonb(target), "vars": Jsonb({})}
+            created = conn.execute(self.q.insert_build_run, params).fetchone()
+            assert created is not None
+            return Started(str(created[0]), True)
+
+    # -- schedules ---------------------------------------------------------------------------
+    def schedule_add(
+        self,
+        name: str,
+        cron: str,
+        tz: str,
+        target: dict[str, Any],
+        catchup: str = "latest",
+        max_catchup: int = 10,
+        overlap: str = "skip",
+    ) -> bool:
+        """Create or replace schedule ``name``; returns True if it is new."""
+        check_schedule(cron, tz, catchup, overlap)
+        if target.get("kind") == "flow":
+            compile_flow(str(target["flow"]), f"schedule {name}")
+        elif target.get("kind") == "dbt_build":
+            check_target(target)
+        with self._connect() as conn:
+            apply_migrations(conn, self.settings.schema)
+            row = conn.execute(
+                self.q.upsert_schedule,
+                {
+                    "name": name,
+                    "cron": cron,
+                    "tz": tz,
+                    "target": Jsonb(target),
+                    "catchup": catchup,
+                    "max_catchup": max_catchup,
+                    "overlap": overlap,
+                },
+            ).fetchone()
+            return bool(row and row[0])
+
+    def schedules(self) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            cur = conn.execute(self.q.list_schedules)
+            assert cur.description is not None
+            names = [c.name for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def schedule_pause(self, name: str, paused: bool) -> None:
+        with self._connect() as conn:
+            if conn.execute(self.q.pause_schedule, (paused, name)).fetchone() is None:
+                raise ConfigError(f"no schedule named {name!r}")
+
+    def schedule_remove(self, name: str) -> None:
+        with self._connect() as conn:
+            if conn.execute(self.q.remove_schedule, (name,)).fetchone() is None:
+                raise ConfigError(f"no schedule named {name!r}")
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """The run's row as a dict; raises :class:`RunNotFound`."""

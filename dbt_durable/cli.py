@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -350,6 +351,232 @@ def migrate(ctx: click.Context) -> None:
     """Create or upgrade the state schema (safe to run any number of times)."""
     applied = _client(ctx).migrate()
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@main.command()
+@click.option(
+    "--concurrency",
+    "runs_at_once",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Runs executed at the same time.",
+)
+@click.option("--once", is_flag=True, help="Execute what is runnable now, then exit.")
+@click.option(
+    "--poll",
+    "poll_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between polls (LISTEN/NOTIFY wakes the worker sooner).",
+)
+@click.option(
+    "--park-after",
+    "park_after_s",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="A wait longer than this parks the run, freeing the worker.",
+)
+@_with_db
+@click.pass_context
+def worker(ctx: click.Context, runs_at_once: int, once: bool, poll_s: float, park_after_s: float) -> None:
+    """Execute queued, due, signalled and orphaned runs, and fire schedules. SIGTERM stops it
+    gracefully: running steps roll back and their runs are handed back at once."""
+    import asyncio
+    import signal as signals
+
+    from dbt_durable.runner.worker import Worker
+
+    client = _client(ctx)
+    settings = replace(client.settings, concurrency=max(client.settings.concurrency, runs_at_once * 2))
+
+    def report(outcome: Any) -> None:
+        click.echo(
+            f"run {outcome.run_id} {outcome.status}" + (f": {outcome.error}" if outcome.error else ""),
+            err=True,
+        )
+
+    async def go() -> Any:
+        w = Worker(
+            settings,
+            runs_at_once=runs_at_once,
+            poll_s=poll_s,
+            park_after_s=park_after_s,
+            once=once,
+            on_outcome=report,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signals.SIGTERM, signals.SIGINT):
+            loop.add_signal_handler(sig, w.stop)
+        click.echo(f"worker started ({runs_at_once} run(s) at once, schema {settings.schema})", err=True)
+        return await w.run()
+
+    stats = asyncio.run(go())
+    click.echo(
+        f"worker stopped: claimed {stats.claimed}, "
+        + ", ".join(f"{n} {k}" for k, n in sorted(stats.finished.items())),
+        err=True,
+    )
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--resume", "resume_", is_flag=True, help="Continue the latest unfinished build with these arguments."
+)
+@click.option("--name", default=None, help="Build name (default: derived from the dbt arguments).")
+@click.option("--wait/--no-wait", default=True, help="Run now (default), or queue it for a worker.")
+@click.argument("dbt_args", nargs=-1, type=click.UNPROCESSED)
+@_with_db
+@click.pass_context
+def build(ctx: click.Context, resume_: bool, name: str | None, wait: bool, dbt_args: tuple[str, ...]) -> None:
+    """A durable `dbt build DBT_ARGS`: every finished node is checkpointed in Postgres, so a
+    build killed at model k resumes at model k (--resume)."""
+    target = _build_target(ctx, list(dbt_args))
+    name = name or "dbt_build:" + (" ".join(dbt_args) or "all")
+    client = _client(ctx)
+    started = client.start_build(target, name, resume=resume_)
+    click.echo(
+        f"{'resuming' if not started.created else 'starting'} durable build {started.run_id}", err=True
+    )
+    if not wait:
+        click.echo(started.run_id)
+        return
+    outcome = client.resume(started.run_id, echo=lambda line: click.echo(line, err=True))
+    click.echo(
+        f"durable build {outcome.run_id} {outcome.status}: {outcome.executed} node(s) built, "
+        f"{outcome.skipped} skipped from earlier attempts" + (f"; {outcome.error}" if outcome.error else ""),
+        err=True,
+    )
+    click.echo(started.run_id)
+    _exit_for(outcome)
+
+
+def _build_target(ctx: click.Context, dbt_args: list[str]) -> dict[str, Any]:
+    from dbt_durable.bridge.profile import find_project
+
+    obj = ctx.obj
+    project = find_project(obj["project_dir"])
+    if project is None:
+        raise click.UsageError("run it in a dbt project folder, or give --project-dir")
+    target: dict[str, Any] = {"args": dbt_args, "project_dir": str(project.resolve())}
+    if obj["profiles_dir"]:
+        target["profiles_dir"] = str(Path(obj["profiles_dir"]).resolve())
+    if obj["target"]:
+        target["target"] = obj["target"]
+    return target
+
+
+@main.group()
+def schedule() -> None:
+    """Scheduled durable refreshes: each cron slot fires exactly once across all workers."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.option("--cron", required=True, help="Cron expression, e.g. '0 6 * * *'.")
+@click.option("--tz", default="UTC", show_default=True, help="IANA time zone of the cron expression.")
+@click.option("--flow", "flow", default=None, help="Flow expression to run at each slot.")
+@click.option("--dbt-select", default=None, help="dbt selection to build durably at each slot.")
+@click.option(
+    "--catchup",
+    type=click.Choice(["none", "latest", "all"]),
+    default="latest",
+    show_default=True,
+    help="After downtime: fire no missed slot, only the latest, or all (up to --max-catchup).",
+)
+@click.option("--max-catchup", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option(
+    "--overlap",
+    type=click.Choice(["skip", "allow"]),
+    default="skip",
+    show_default=True,
+    help="A slot whose previous run is unfinished: skip it, or run alongside.",
+)
+@_with_db
+@click.pass_context
+def schedule_add(
+    ctx: click.Context,
+    name: str,
+    cron: str,
+    tz: str,
+    flow: str | None,
+    dbt_select: str | None,
+    catchup: str,
+    max_catchup: int,
+    overlap: str,
+) -> None:
+    """Create or replace schedule NAME."""
+    if (flow is None) == (dbt_select is None):
+        raise click.UsageError("give exactly one of --flow EXPR or --dbt-select SELECTOR")
+    target: dict[str, Any]
+    if flow is not None:
+        target = {"kind": "flow", "flow": flow}
+    else:
+        target = {"kind": "dbt_build", **_build_target(ctx, ["--select", str(dbt_select)])}
+    created = _client(ctx).schedule_add(name, cron, tz, target, catchup, max_catchup, overlap)
+    click.echo(f"schedule {name} {'created' if created else 'updated'}: {cron} ({tz}), catch-up {catchup}")
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_with_db
+@click.pass_context
+def schedule_list(ctx: click.Context, as_json: bool) -> None:
+    """List schedules."""
+    from dbt_durable.api import dumps
+
+    rows = _client(ctx).schedules()
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    _print_table(
+        "schedules",
+        ["name", "cron", "tz", "target", "catch-up", "paused", "last fired slot"],
+        [
+            [
+                r["name"],
+                r["cron"],
+                r["tz"],
+                r["target"].get("flow") or " ".join(r["target"].get("args", [])),
+                r["catchup"],
+                r["paused"],
+                str(r["last_fired_slot"] or "")[:19],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@schedule.command("pause")
+@click.argument("name")
+@_with_db
+@click.pass_context
+def schedule_pause(ctx: click.Context, name: str) -> None:
+    """Stop firing NAME (its slots are not fired while paused)."""
+    _client(ctx).schedule_pause(name, True)
+    click.echo(f"schedule {name} paused")
+
+
+@schedule.command("resume")
+@click.argument("name")
+@_with_db
+@click.pass_context
+def schedule_resume(ctx: click.Context, name: str) -> None:
+    """Fire NAME again; slots missed while paused follow its catch-up policy."""
+    _client(ctx).schedule_pause(name, False)
+    click.echo(f"schedule {name} resumed")
+
+
+@schedule.command("remove")
+@click.argument("name")
+@_with_db
+@click.pass_context
+def schedule_remove(ctx: click.Context, name: str) -> None:
+    """Delete schedule NAME (its past runs are kept)."""
+    _client(ctx).schedule_remove(name)
+    click.echo(f"schedule {name} removed")
 
 
 @main.command()

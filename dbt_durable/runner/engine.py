@@ -48,12 +48,14 @@ MAX_BACKOFF_S = 300.0
 
 
 class Parked(Exception):
-    """A wait is longer than ``park_after_s``: the run parks as ``waiting`` until ``wake_at``."""
+    """A wait is longer than ``park_after_s``: the run parks as ``waiting`` until ``wake_at``
+    (or until signal ``waiting_for`` arrives)."""
 
-    def __init__(self, wake_at: datetime | None, reason: str):
+    def __init__(self, wake_at: datetime | None, reason: str, waiting_for: str | None = None):
         super().__init__(reason)
         self.wake_at = wake_at
         self.reason = reason
+        self.waiting_for = waiting_for
 
 
 class BreakLoop(Exception):
@@ -136,13 +138,22 @@ class Engine:
         if self.pool is not None:
             await self.pool.close()
 
-    async def execute(self, run_id: str, retry_failed: bool = False) -> Outcome:
-        """Run (or resume) ``run_id`` until it completes, fails, is cancelled or parks."""
-        return await RunExecution(self, run_id).run(retry_failed)
+    async def execute(
+        self, run_id: str, retry_failed: bool = False, echo: Callable[[str], None] | None = None
+    ) -> Outcome:
+        """Run (or resume) ``run_id`` until it completes, fails, is cancelled or parks.
+
+        ``echo`` receives progress lines (dbt builds print each finished node).
+        """
+        execution = RunExecution(self, run_id)
+        execution.echo = echo
+        return await execution.run(retry_failed)
 
 
 class RunExecution:
     """One runner's hold on one run: claim, walk, finish."""
+
+    echo: Callable[[str], None] | None = None
 
     def __init__(self, engine: Engine, run_id: str):
         self.engine = engine
@@ -153,6 +164,7 @@ class RunExecution:
         self.lost_event = asyncio.Event()
         self.state: RunState | None = None
         self.flow_name = ""
+        self.build_target: dict[str, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, retry_failed: bool) -> Outcome:
@@ -174,8 +186,10 @@ class RunExecution:
             assert row is not None
             if got is None:
                 return Outcome(self.run_id, row[6], row[11], row[12], row[13])
-            flow = compile_flow(row[3], f"run {self.run_id}")
+            is_build = row[18] == "dbt_build"
+            flow = compile_flow("'SELECT 1'" if is_build else row[3], f"run {self.run_id}")
             progress = await self._load_progress(ctl)
+            self.build_target = dict(row[19] or {}) if is_build else None
             self.flow_name = row[1]
             self.state = RunState(self.run_id, flow, dict(row[5] or {}), progress)
             if row[10] is not None:
@@ -194,6 +208,12 @@ class RunExecution:
             )
             try:
                 return await self._walk_and_finish(ctl)
+            except asyncio.CancelledError:
+                # Shut down from outside (a worker's SIGTERM): in-flight steps have rolled back;
+                # hand the run back so that another runner continues it at once.
+                if not ctl.broken:
+                    await asyncio.shield(ctl.execute(self.q.release_lease, (self.run_id, self.engine.owner)))
+                raise
             finally:
                 beat.cancel()
                 await asyncio.gather(beat, return_exceptions=True)
@@ -233,12 +253,45 @@ class RunExecution:
                 st.progress = await self._load_progress(ctl)
                 st.bindings.clear()
 
+    async def _build(self) -> Any:
+        """A durable dbt build: checkpoint every node dbt finishes; fail if dbt fails."""
+        from dbt_durable.bridge.build import run_build
+
+        st = self.state
+        assert st is not None and self.build_target is not None
+        done = [p.result["name"] for p in st.progress.values() if p.status == "completed" and p.result]
+        st.skipped = len(done)
+
+        async def on_node(info: dict[str, Any]) -> None:
+            uid = str(info.get("unique_id"))
+            result = {
+                "name": info.get("node_name"),
+                "status": info.get("node_status"),
+                "resource_type": info.get("resource_type"),
+            }
+            await self._checkpoint(uid, uid, "dbt", 1, result)
+            st.executed += 1
+            faults.hit("after_commit", uid, self.flow_name)
+
+        code, errors = await run_build(self.build_target, done, on_node, self.cancel_event, self.echo)
+        if self.cancel_event.is_set():
+            raise RunCancelled("cancelled")
+        if code != 0:
+            detail = "; ".join(errors) or f"dbt build exited with code {code}"
+            raise StepFailed(errors[0].split(":", 1)[0] if errors else ROOT, detail)
+        return {"nodes_built": st.executed, "nodes_skipped": st.skipped}
+
     async def _walk_and_finish(self, ctl: psycopg.AsyncConnection) -> Outcome:
-        walk = asyncio.create_task(self._walk_until_certain(ctl))
+        work = self._build() if self.build_target is not None else self._walk_until_certain(ctl)
+        walk = asyncio.create_task(work)
         cancel_wait = asyncio.create_task(self.cancel_event.wait())
         lost_wait = asyncio.create_task(self.lost_event.wait())
         try:
             await asyncio.wait({walk, cancel_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            walk.cancel()
+            await asyncio.gather(walk, return_exceptions=True)
+            raise
         finally:
             cancel_wait.cancel()
             lost_wait.cancel()
@@ -261,7 +314,7 @@ class RunExecution:
         if isinstance(exc, StepFailed):
             return await self._finish(ctl, "failed", None, exc.message, exc.exec_key)
         if isinstance(exc, Parked):
-            return await self._finish(ctl, "waiting", None, exc.reason, None, exc.wake_at)
+            return await self._finish(ctl, "waiting", None, exc.reason, None, exc.wake_at, exc.waiting_for)
         raise exc
 
     async def _finish(
@@ -272,6 +325,7 @@ class RunExecution:
         error: str | None,
         failed_node: str | None,
         wake_at: datetime | None = None,
+        waiting_for: str | None = None,
     ) -> Outcome:
         params = {
             "status": status,
@@ -279,6 +333,7 @@ class RunExecution:
             "error": error,
             "failed_node": failed_node,
             "wake_at": wake_at,
+            "waiting_for": waiting_for,
             "run_id": self.run_id,
             "owner": self.engine.owner,
         }
@@ -599,7 +654,7 @@ class RunExecution:
                         return result
             park = self.settings.park_after_s
             if park is not None and (self.engine.clock() - started).total_seconds() >= park:
-                raise Parked(deadline, f"wait_for_signal('{ast.name}') at node {key}")
+                raise Parked(deadline, f"wait_for_signal('{ast.name}') at node {key}", ast.name)
             if deadline is not None and self.engine.clock() >= deadline:
                 result = {"signal_name": ast.name, "payload": None, "timed_out": True}
                 await self._checkpoint(key, node_id, "wait_for_signal", 1, result)

@@ -48,7 +48,7 @@ UPDATE {s}.runs SET run_key = run_key || ':superseded:' || run_id::text,
 GET_RUN = """
 SELECT run_id, flow_name, run_key, flow_text, graph_hash, vars, status, submitted_by, lease_owner,
        lease_expires_at, cancel_requested, result, error, failed_node, created_at, started_at,
-       finished_at, updated_at
+       finished_at, updated_at, kind, dbt_args
   FROM {s}.runs WHERE run_id = %s
 """
 
@@ -106,12 +106,93 @@ FINISH_RUN = """
 UPDATE {s}.runs
    SET status = %(status)s, result = %(result)s, error = %(error)s, failed_node = %(failed_node)s,
        finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'cancelled') THEN now() END,
-       wake_at = %(wake_at)s, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+       wake_at = %(wake_at)s, waiting_for = %(waiting_for)s, lease_owner = NULL, lease_expires_at = NULL,
+       updated_at = now()
  WHERE run_id = %(run_id)s AND lease_owner = %(owner)s
 RETURNING run_id
 """
 
 NODE_STATUS = "SELECT status FROM {s}.nodes WHERE run_id = %s AND exec_key = %s"
+
+# Shutdown: hand the run back at once (the lease is expired, the owner kept so that the next
+# runner terminates any backend this one leaves behind).
+RELEASE_LEASE = """
+UPDATE {s}.runs SET lease_expires_at = now() - interval '1 second', updated_at = now()
+ WHERE run_id = %s AND lease_owner = %s
+"""
+
+# A worker takes due runs; SKIP LOCKED lets many workers share the queue without waiting.
+CLAIM_RUNNABLE = """
+UPDATE {s}.runs AS r SET status = 'running', lease_expires_at = now() + make_interval(secs => %(ttl)s),
+       updated_at = now()
+ WHERE r.run_id IN (
+        SELECT c.run_id FROM {s}.runs c
+         WHERE c.status = 'pending'
+            OR (c.status = 'waiting' AND (c.wake_at <= now() OR c.cancel_requested IS NOT NULL OR EXISTS (
+                   SELECT 1 FROM {s}.signals g
+                    WHERE g.run_id = c.run_id AND g.name = c.waiting_for AND g.consumed_at IS NULL)))
+            OR (c.status = 'running' AND c.lease_expires_at < now())
+         ORDER BY coalesce(c.wake_at, c.created_at)
+         LIMIT %(limit)s
+         FOR UPDATE SKIP LOCKED)
+RETURNING r.run_id
+"""
+
+NEXT_WAKE = """
+SELECT extract(epoch FROM min(wake_at) - now()) FROM {s}.runs WHERE status = 'waiting' AND wake_at IS NOT NULL
+"""
+
+WORKER_HEARTBEAT = """
+INSERT INTO {s}.workers (worker_id, hostname, pid) VALUES (%s, %s, %s)
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
+"""
+
+WORKER_GONE = "DELETE FROM {s}.workers WHERE worker_id = %s"
+
+DUE_SCHEDULES = """
+SELECT name, cron, tz, target, catchup, max_catchup, last_fired_slot, created_at, overlap
+  FROM {s}.schedules WHERE NOT paused ORDER BY name FOR UPDATE SKIP LOCKED
+"""
+
+UNFINISHED_COUNT = """
+SELECT count(*) FROM {s}.runs WHERE flow_name = %s AND status IN ('pending', 'running', 'waiting')
+"""
+
+SCHEDULE_FIRED = """
+UPDATE {s}.schedules SET last_fired_slot = greatest(last_fired_slot, %s), updated_at = now() WHERE name = %s
+"""
+
+# A skipped slot is recorded on the unfinished run that blocked it.
+INSERT_SCHEDULE_EVENT = """
+INSERT INTO {s}.events (run_id, kind, detail)
+SELECT run_id, 'slot_skipped', %s FROM {s}.runs
+ WHERE flow_name = %s AND status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC LIMIT 1
+"""
+
+INSERT_BUILD_RUN = """
+INSERT INTO {s}.runs (flow_name, run_key, flow_text, graph, graph_hash, vars, status, kind, dbt_args)
+VALUES (%(flow_name)s, %(run_key)s, '', '{{"nodes": []}}', '', %(vars)s, 'pending', 'dbt_build', %(dbt_args)s)
+ON CONFLICT (flow_name, run_key) WHERE run_key IS NOT NULL DO NOTHING
+RETURNING run_id
+"""
+
+UPSERT_SCHEDULE = """
+INSERT INTO {s}.schedules (name, cron, tz, target, catchup, max_catchup, overlap)
+VALUES (%(name)s, %(cron)s, %(tz)s, %(target)s, %(catchup)s, %(max_catchup)s, %(overlap)s)
+ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, tz = EXCLUDED.tz, target = EXCLUDED.target,
+       catchup = EXCLUDED.catchup, max_catchup = EXCLUDED.max_catchup, overlap = EXCLUDED.overlap,
+       updated_at = now()
+RETURNING (xmax = 0) AS created
+"""
+
+LIST_SCHEDULES = """
+SELECT name, cron, tz, target, catchup, max_catchup, overlap, paused, last_fired_slot, created_at
+  FROM {s}.schedules ORDER BY name
+"""
+
+PAUSE_SCHEDULE = "UPDATE {s}.schedules SET paused = %s, updated_at = now() WHERE name = %s RETURNING name"
+
+REMOVE_SCHEDULE = "DELETE FROM {s}.schedules WHERE name = %s RETURNING name"
 
 CHECKPOINT = "SELECT {s}.checkpoint_node(%s, %s, %s, %s, %s, %s, %s, %s)"
 

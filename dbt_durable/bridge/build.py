@@ -1,0 +1,121 @@
+"""Durable dbt builds: a dbt selection run node by node, with a checkpoint per node in Postgres.
+
+One ``dbt build`` subprocess runs the selection (so dbt starts once, as usual); its JSON log is
+read as it streams, and every node that finishes successfully is checkpointed at once. A
+build killed at model k therefore resumes at model k: the next attempt excludes every
+checkpointed node. This is where dbt's own ``retry`` loses progress, since its
+run_results.json is only written at the end.
+
+Guarantee: at least once per node. A node that finished just before a kill, but whose
+checkpoint was not yet written, runs again (dbt models rebuild idempotently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import shutil
+import signal
+import sys
+from typing import Any
+
+from dbt_durable.errors import DurableError
+
+OK_STATUSES = {"success", "pass", "warn"}
+FAILED_STATUSES = {"error", "fail", "runtime error"}
+
+
+def dbt_command() -> list[str]:
+    exe = shutil.which("dbt")
+    return [exe] if exe else [sys.executable, "-c", "from dbt.cli.main import cli; cli()"]
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def build_command(target: dict[str, Any], done_names: list[str]) -> list[str]:
+    """The ``dbt build`` command of a durable build, excluding the checkpointed nodes."""
+    cmd = dbt_command() + ["build", "--log-format", "json"]
+    for flag in ("project_dir", "profiles_dir", "target"):
+        if target.get(flag):
+            cmd += ["--" + flag.replace("_", "-"), str(target[flag])]
+    args = list(target.get("args") or [])
+    if done_names:
+        if "--exclude" in args:
+            i = args.index("--exclude")
+            args[i + 1 : i + 1] = done_names
+        else:
+            args += ["--exclude", *done_names]
+    return cmd + args
+
+
+async def run_build(
+    target: dict[str, Any], done_names: list[str], on_node: Any, cancelled: asyncio.Event, echo: Any = None
+) -> tuple[int, list[str]]:
+    """Run dbt; ``await on_node(node_info)`` for each finished node. Returns (exit code, errors)."""
+    cmd = build_command(target, done_names)
+    env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false")
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        preexec_fn=_die_with_parent,
+        limit=16 * 1024 * 1024,
+    )
+    assert proc.stdout is not None
+    errors: list[str] = []
+    watcher = asyncio.create_task(cancelled.wait())
+    try:
+        while True:
+            reader = asyncio.create_task(proc.stdout.readline())
+            await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                reader.cancel()
+                proc.terminate()
+                break
+            line = reader.result()
+            if not line:
+                break
+            event = _event(line)
+            if event is None:
+                continue
+            name, data, msg = event
+            if (
+                echo is not None
+                and msg
+                and data.get("node_info", {}).get("node_status") not in (None, "started")
+            ):
+                echo(msg)
+            info = data.get("node_info") or {}
+            status = info.get("node_status")
+            if name.startswith("Log") and name.endswith("Result") and status in OK_STATUSES:
+                await on_node(info)
+            elif name.startswith("Log") and name.endswith("Result") and status in FAILED_STATUSES:
+                errors.append(f"{info.get('unique_id')}: {msg}")
+    finally:
+        watcher.cancel()
+        if proc.returncode is None and (cancelled.is_set() or sys.exc_info()[0] is not None):
+            proc.terminate()
+        code = await proc.wait()
+    return code, errors
+
+
+def _event(line: bytes) -> tuple[str, dict[str, Any], str] | None:
+    try:
+        parsed = json.loads(line)
+        return parsed["info"]["name"], parsed.get("data") or {}, parsed["info"].get("msg") or ""
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_target(target: dict[str, Any]) -> None:
+    args = target.get("args") or []
+    if any(a in ("--log-format", "--log-format-file") for a in args):
+        raise DurableError("dbt-durable build sets --log-format itself; remove it from the dbt arguments")

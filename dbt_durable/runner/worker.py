@@ -1,0 +1,169 @@
+"""``dbt-durable worker``: a long-running process that executes queued, due and orphaned runs.
+
+Workers coordinate only through Postgres: a claim is one ``UPDATE ... WHERE run_id IN
+(SELECT ... FOR UPDATE SKIP LOCKED)``, after which the runner takes the run's advisory lock and
+lease as any runner does, so no node is ever executed by two workers at once. Workers wake on
+``LISTEN``/``NOTIFY`` (new runs, signals) and also poll, so a missed notification only delays
+work by one poll interval. A run that waits (sleep, schedule, signal) is parked: it holds no
+connection and no task until it is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import psycopg
+
+from dbt_durable.config import Settings
+from dbt_durable.runner.engine import Engine, Outcome
+from dbt_durable.runner.lease import RunBusy
+from dbt_durable.runner.schedules import fire_due_schedules
+from dbt_durable.store.connect import APP_PREFIX, open_async, open_sync
+from dbt_durable.store.migrate import migrate
+
+log = logging.getLogger("dbt_durable.worker")
+
+CHANNELS = ("dbt_durable_wake", "dbt_durable_signal")
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Executes runs until stopped; with ``once``, until nothing is runnable right now."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runs_at_once: int = 4,
+        poll_s: float = 5.0,
+        park_after_s: float = 1.0,
+        once: bool = False,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
+        self.settings = replace(settings, park_after_s=park_after_s, claim_wait_s=0.0)
+        self.runs_at_once = runs_at_once
+        self.poll_s = poll_s
+        self.once = once
+        self.on_outcome = on_outcome
+        self.clock = clock
+        self.stats = WorkerStats()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the worker to stop: running runs are interrupted and handed back at once."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> WorkerStats:
+        with open_sync(self.settings.dsn) as conn:
+            migrate(conn, self.settings.schema)
+        async with Engine(self.settings, clock=self.clock) as engine:
+            listener = await open_async(self.settings.dsn, APP_PREFIX + engine.owner + ":listen")
+            for channel in CHANNELS:
+                await listener.execute(f"LISTEN {channel}".encode())
+            listening = asyncio.create_task(self._listen(listener))
+            beating = asyncio.create_task(self._heartbeat(engine))
+            active: set[asyncio.Task[None]] = set()
+            try:
+                await self._loop(engine, active)
+            finally:
+                for task in active:
+                    task.cancel()
+                await asyncio.gather(*active, return_exceptions=True)
+                for task in (listening, beating):
+                    task.cancel()
+                await asyncio.gather(listening, beating, return_exceptions=True)
+                await listener.close()
+                await self._gone(engine)
+        return self.stats
+
+    async def _loop(self, engine: Engine, active: set[asyncio.Task[None]]) -> None:
+        assert engine.pool is not None
+        while not self._stopping.is_set():
+            self._wake.clear()
+            async with engine.pool.connection() as conn:
+                await fire_due_schedules(conn, engine.q, self.clock)
+                claimed: list[str] = []
+                free = self.runs_at_once - len(active)
+                if free > 0:
+                    cur = await conn.execute(
+                        engine.q.claim_runnable, {"ttl": self.settings.lease_ttl_s, "limit": free}
+                    )
+                    claimed = [str(row[0]) for row in await cur.fetchall()]
+                cur = await conn.execute(engine.q.next_wake)
+                row = await cur.fetchone()
+                next_wake = float(row[0]) if row and row[0] is not None else None
+            for run_id in claimed:
+                self.stats.claimed += 1
+                task = asyncio.create_task(self._execute(engine, run_id))
+                active.add(task)
+                task.add_done_callback(self._finished_callback(active))
+            if self.once and not claimed and not active:
+                return
+            if claimed and len(active) < self.runs_at_once:
+                continue  # more may be runnable right away
+            timeout = self.poll_s if next_wake is None else max(0.01, min(self.poll_s, next_wake))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _finished_callback(self, active: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            active.discard(task)
+            self._wake.set()
+
+        return done
+
+    async def _execute(self, engine: Engine, run_id: str) -> None:
+        try:
+            outcome = await engine.execute(run_id)
+        except RunBusy:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug or an outage; the run stays claimable once its lease expires
+            log.exception("run %s stopped unexpectedly", run_id)
+            return
+        self.stats.finished[outcome.status] = self.stats.finished.get(outcome.status, 0) + 1
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    async def _listen(self, conn: psycopg.AsyncConnection) -> None:
+        try:
+            async for _ in conn.notifies():
+                self._wake.set()
+        except psycopg.Error:
+            log.warning("lost the LISTEN connection; polling every %ss", self.poll_s)
+
+    async def _heartbeat(self, engine: Engine) -> None:
+        assert engine.pool is not None
+        while True:
+            try:
+                async with engine.pool.connection() as conn:
+                    await conn.execute(
+                        engine.q.worker_heartbeat, (engine.owner, socket.gethostname(), os.getpid())
+                    )
+            except psycopg.Error:
+                log.warning("worker heartbeat failed")
+            await asyncio.sleep(5.0)
+
+    async def _gone(self, engine: Engine) -> None:
+        assert engine.pool is not None
+        try:
+            async with engine.pool.connection() as conn:
+                await conn.execute(engine.q.worker_gone, (engine.owner,))
+        except psycopg.Error:
+            pass
