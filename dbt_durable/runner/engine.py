@@ -38,6 +38,7 @@ from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
 from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow
 from dbt_durable.runner import faults, lease, results, steps
+from dbt_durable.runner.http import EgressDenied
 from dbt_durable.runner.lane import Lane, Uncertain
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
 from dbt_durable.store.queries import Queries
@@ -499,7 +500,8 @@ class RunExecution:
 
     # -- steps -----------------------------------------------------------------------------
     async def _step(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Node, lane: Lane) -> Any:
-        retries = int(ast.option("retries", 0) or 0)
+        # HTTP steps retry 5xx and transport errors twice unless told otherwise.
+        retries = int(ast.option("retries", 2 if isinstance(ast, A.Http) else 0) or 0)
         backoff = parse_duration(ast.option("backoff", 1.0) or 1.0)
         timeout = ast.option("timeout")
         timeout_s = parse_duration(timeout) if timeout is not None else None
@@ -528,7 +530,7 @@ class RunExecution:
                         failures += 1
                         continue
                 error: Exception = exc
-            except (ResultTooLarge, BindingError) as exc:
+            except (ResultTooLarge, BindingError, EgressDenied) as exc:
                 await self._fail(key, node_id, ast, attempt, str(exc))
                 raise StepFailed(key, str(exc)) from None
             except (PoolTimeout, psycopg.Error, DurableError, OSError, TimeoutError) as exc:
