@@ -49,12 +49,14 @@ def load_target(project: Path, profiles_dir: str | None, target: str | None) -> 
     from dbt.config.project import load_raw_project
     from dbt.config.renderer import ProfileRenderer
     from dbt.flags import set_from_args
+    from dbt_common.context import set_invocation_context
     from dbt_common.exceptions import DbtBaseException
 
     from dbt.adapters.durable.connections import DurableCredentials
 
     folder = _profiles_dir(profiles_dir, project)
     set_from_args(Namespace(PROFILES_DIR=folder), None)
+    set_invocation_context(dict(os.environ))  # what env_var() reads
     try:
         raw_project = load_raw_project(str(project))
         profile_name = raw_project.get("profile")

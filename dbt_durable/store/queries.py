@@ -171,7 +171,7 @@ SELECT run_id, 'slot_skipped', %s FROM {s}.runs
 
 INSERT_BUILD_RUN = """
 INSERT INTO {s}.runs (flow_name, run_key, flow_text, graph, graph_hash, vars, status, kind, dbt_args)
-VALUES (%(flow_name)s, %(run_key)s, '', '{{"nodes": []}}', '', %(vars)s, 'pending', 'dbt_build', %(dbt_args)s)
+VALUES (%(flow_name)s, %(run_key)s, '', '{"nodes": []}', '', %(vars)s, 'pending', 'dbt_build', %(dbt_args)s)
 ON CONFLICT (flow_name, run_key) WHERE run_key IS NOT NULL DO NOTHING
 RETURNING run_id
 """

@@ -94,3 +94,18 @@ def test_dbt_debug_passes_and_version_lists_the_adapter(tiny: DbtProject) -> Non
         pytest.skip("editable install: dbt --version lists only adapters installed in site-packages")
     version = subprocess.run(_dbt() + ["--version"], capture_output=True, text=True, env=tiny.env)
     assert "- durable:" in version.stdout, version.stdout
+
+
+def test_durable_schedule_config_registers_the_model_schedule(tiny: DbtProject) -> None:
+    write_model(
+        tiny,
+        "hourly",
+        "{{ config(materialized='durable', durable_schedule='0 * * * *', "
+        "durable_schedule_tz='Europe/Paris') }}{% call dbt_durable.flow() %}'SELECT 1'{% endcall %}",
+    )
+    done = tiny.dbt("run")
+    assert done.returncode == 0, done.stdout[-2000:]
+    rows = tiny.query(
+        "SELECT name, cron, tz, target ->> 'flow_name', target ->> 'flow' FROM {state}.schedules"
+    )
+    assert rows == [("model.tiny.hourly", "0 * * * *", "Europe/Paris", "model.tiny.hourly", "'SELECT 1'")]

@@ -76,3 +76,17 @@ class DurableAdapter(PostgresAdapter):
             return run_operation(name, args or {}, self._settings(), self.config)
         except DurableError as exc:
             raise DbtRuntimeError(str(exc)) from None
+
+    @available.parse_none
+    def durable_register_schedule(
+        self, unique_id: str, cron: str, tz: str, flow_text: str, catchup: str = "latest"
+    ) -> None:
+        """Register (or update) the schedule of a durable model: config durable_schedule."""
+        from dbt_durable.api import Client
+        from dbt_durable.errors import DurableError
+
+        target = {"kind": "flow", "flow": flow_text, "flow_name": unique_id}
+        try:
+            Client(self._settings()).schedule_add(unique_id, cron, tz, target, catchup)
+        except DurableError as exc:
+            raise CompilationError(f"durable_schedule of {unique_id}: {exc}") from None
