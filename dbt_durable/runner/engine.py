@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from dbt_durable.config import Settings
 from dbt_durable.errors import (
     BindingError,
+    ConnectionFailed,
     DurableError,
     LeaseLost,
     ResultTooLarge,
@@ -57,6 +58,10 @@ class Parked(Exception):
         self.wake_at = wake_at
         self.reason = reason
         self.waiting_for = waiting_for
+
+
+class Disconnected(DurableError):
+    """The control connection broke; the runner reconnects and resumes in place."""
 
 
 class BreakLoop(Exception):
@@ -130,6 +135,8 @@ class Engine:
             max_size=self.settings.concurrency,
             kwargs=connect_kwargs(self.settings.dsn, app),
             open=False,
+            # Checked on checkout, so a server restart costs one retry, not a failed step.
+            check=AsyncConnectionPool.check_connection,
             timeout=self.settings.pool_timeout_s,
         )
         await self.pool.open(wait=True)
@@ -146,9 +153,25 @@ class Engine:
 
         ``echo`` receives progress lines (dbt builds print each finished node).
         """
-        execution = RunExecution(self, run_id)
-        execution.echo = echo
-        return await execution.run(retry_failed)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.reconnect_timeout_s
+        delay = 0.1
+        while True:
+            execution = RunExecution(self, run_id)
+            execution.echo = echo
+            try:
+                return await execution.run(retry_failed)
+            except (Disconnected, ConnectionFailed, psycopg.OperationalError) as exc:
+                # The server went away (restart, failover, network): reconnect with backoff and
+                # resume in place. Whatever committed is kept; the rest runs again.
+                if loop.time() > deadline:
+                    raise ConnectionFailed(
+                        f"gave up reconnecting after {self.settings.reconnect_timeout_s:.0f}s: {exc}"
+                    ) from None
+                log.warning("run %s: %s; reconnecting in %.1fs", run_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                retry_failed = True
 
 
 class RunExecution:
@@ -300,6 +323,8 @@ class RunExecution:
             walk.cancel()
             await asyncio.gather(walk, return_exceptions=True)
         if self.lost_event.is_set():
+            if ctl.broken:
+                raise Disconnected("lost the connection to Postgres")
             return Outcome(self.run_id, "lost", error="lease lost to another runner")
         if self.cancel_event.is_set() and (not walk.done() or walk.cancelled() or walk.exception()):
             return await self._finish(ctl, "cancelled", None, "cancelled", None)
