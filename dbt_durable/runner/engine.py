@@ -123,6 +123,7 @@ class Engine:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.types = steps.TypeNames()
         self.pool: AsyncConnectionPool | None = None
+        self.session_role = ""
 
     async def __aenter__(self) -> Engine:
         app = APP_PREFIX + self.owner
@@ -137,9 +138,13 @@ class Engine:
             open=False,
             # Checked on checkout, so a server restart costs one retry, not a failed step.
             check=AsyncConnectionPool.check_connection,
+            reset=_reset_role,
             timeout=self.settings.pool_timeout_s,
         )
         await self.pool.open(wait=True)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(b"SELECT current_user")).fetchone()
+            self.session_role = str(row[0]) if row else ""
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -189,6 +194,7 @@ class RunExecution:
         self.state: RunState | None = None
         self.flow_name = ""
         self.build_target: dict[str, Any] | None = None
+        self.run_role: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, retry_failed: bool) -> Outcome:
@@ -215,6 +221,8 @@ class RunExecution:
             progress = await self._load_progress(ctl)
             self.build_target = dict(row[19] or {}) if is_build else None
             self.flow_name = row[1]
+            # Steps run as the role that submitted the run, never as the runner's own role.
+            self.run_role = row[7] if row[7] != self.engine.session_role else None
             self.state = RunState(self.run_id, flow, dict(row[5] or {}), progress)
             if row[10] is not None:
                 return await self._finish(ctl, "cancelled", None, f"cancelled: {row[10]}", None)
@@ -393,6 +401,7 @@ class RunExecution:
             caps,
             self.run_id,
             self.flow_name,
+            self.run_role,
         )
 
     async def strand(self, node_id: str, iters: tuple[int, ...]) -> Any:
@@ -781,3 +790,8 @@ def _next_slot(ast: A.WaitSchedule, now: datetime) -> datetime:
     tz = zoneinfo.ZoneInfo(ast.tz or "UTC")
     nxt: datetime = croniter(ast.cron, now.astimezone(tz)).get_next(datetime)
     return nxt.astimezone(UTC)
+
+
+async def _reset_role(conn: psycopg.AsyncConnection) -> None:
+    """Pool reset: a connection that ran a run's steps under SET ROLE goes back as itself."""
+    await conn.execute(b"RESET ROLE")

@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg_pool import AsyncConnectionPool
 
 from dbt_durable.errors import DurableError
@@ -55,6 +55,7 @@ class Lane:
         caps: tuple[int, int],
         run_id: str,
         flow_name: str,
+        role: str | None = None,
     ):
         self.pool = pool
         self.checkpoint_query = checkpoint_query
@@ -64,6 +65,7 @@ class Lane:
         self.caps = caps
         self.run_id = run_id
         self.flow_name = flow_name
+        self.role = role
         self.conn: psycopg.AsyncConnection | None = None
         self._cm: AbstractAsyncContextManager[psycopg.AsyncConnection] | None = None
         self.pending: bytes | None = None  # "SELECT checkpoint_node(...)" of the open step
@@ -74,6 +76,14 @@ class Lane:
         if self.conn is None:
             self._cm = self.pool.connection()
             self.conn = await self._cm.__aenter__()
+            if self.role:
+                try:
+                    await self.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.role)))
+                except psycopg.Error as exc:
+                    await self.discard()
+                    raise StepSqlError(
+                        f"cannot run as role {self.role!r}, which submitted the run: {_describe(exc)}"
+                    ) from None
         return self.conn
 
     async def run(self, step_sql: str, timeout_s: float | None, checkpoint_args: list[Any]) -> Any:

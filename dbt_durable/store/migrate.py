@@ -34,7 +34,10 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
     """Bring ``schema`` up to date; returns the names of the migrations applied now."""
     applied: list[str] = []
     ident = sql.Identifier(schema)
-    for version, name, text in migrations():
+    shipped = migrations()
+    if _current_version(conn, schema) >= shipped[-1][0]:
+        return applied  # up to date: no DDL, so roles without CREATE can use the schema
+    for version, name, text in shipped:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
@@ -58,3 +61,15 @@ def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
             )
             applied.append(name)
     return applied
+
+
+def _current_version(conn: psycopg.Connection, schema: str) -> int:
+    found = conn.execute(
+        "SELECT to_regclass(%s)", (f"{sql.Identifier(schema).as_string(None)}.schema_version",)
+    ).fetchone()
+    if not found or found[0] is None:
+        return 0
+    row = conn.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))
+    ).fetchone()
+    return int(row[0]) if row else 0
