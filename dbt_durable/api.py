@@ -110,6 +110,7 @@ class Client:
         fresh: bool = False,
         wait: bool = True,
         origin: str = "<flow>",
+        echo: Callable[[str], None] | None = None,
     ) -> Started:
         """Create a run (or find the one with this ``key``) and, with ``wait``, execute it.
 
@@ -124,7 +125,7 @@ class Client:
             run_id, created = self._create(conn, flow, name, key, vars, fresh)
         started = Started(run_id, created)
         if wait:
-            started.outcome = self.resume(run_id)
+            started.outcome = self.resume(run_id, echo=echo)
         return started
 
     def _create(

@@ -194,7 +194,14 @@ def start(
             raise click.BadParameter(f"cannot read {origin}: {exc.strerror}") from None
     variables = parse_vars(list(vars_))
     started = _client(ctx).start(
-        expr, name=name, key=key, vars=variables, fresh=fresh, wait=wait, origin=origin
+        expr,
+        name=name,
+        key=key,
+        vars=variables,
+        fresh=fresh,
+        wait=wait,
+        origin=origin,
+        echo=lambda line: click.echo(line, err=True),
     )
     outcome = started.outcome
     if outcome is not None:
@@ -220,7 +227,7 @@ def start(
 @click.pass_context
 def resume(ctx: click.Context, run_id: str) -> None:
     """Resume RUN_ID from its last checkpoint (a failed run retries its failed node)."""
-    outcome = _client(ctx).resume(run_id)
+    outcome = _client(ctx).resume(run_id, echo=lambda line: click.echo(line, err=True))
     _report(outcome, False)
     _exit_for(outcome)
 

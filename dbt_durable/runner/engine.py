@@ -238,6 +238,7 @@ class RunExecution:
                     self.lost_event,
                 )
             )
+            reporter = asyncio.create_task(self._report_progress()) if self.echo else None
             try:
                 return await self._walk_and_finish(ctl)
             except asyncio.CancelledError:
@@ -248,7 +249,9 @@ class RunExecution:
                 raise
             finally:
                 beat.cancel()
-                await asyncio.gather(beat, return_exceptions=True)
+                if reporter is not None:
+                    reporter.cancel()
+                await asyncio.gather(beat, *([reporter] if reporter else []), return_exceptions=True)
         finally:
             if not ctl.broken:
                 try:
@@ -284,6 +287,15 @@ class RunExecution:
                 assert st is not None
                 st.progress = await self._load_progress(ctl)
                 st.bindings.clear()
+
+    async def _report_progress(self, every_s: float = 2.0) -> None:
+        """Every few seconds, tell ``echo`` how far the walk is (long runs show progress)."""
+        st = self.state
+        assert st is not None and self.echo is not None
+        while True:
+            await asyncio.sleep(every_s)
+            if self.build_target is None:
+                self.echo(f"run {self.run_id[:8]}: {st.executed} node(s) ran, {st.skipped} already done")
 
     async def _build(self) -> Any:
         """A durable dbt build: checkpoint every node dbt finishes; fail if dbt fails."""
