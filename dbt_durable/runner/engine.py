@@ -166,6 +166,8 @@ class Engine:
             execution.echo = echo
             try:
                 return await execution.run(retry_failed)
+            except PoolTimeout:
+                raise
             except (Disconnected, ConnectionFailed, psycopg.OperationalError) as exc:
                 # The server went away (restart, failover, network): reconnect with backoff and
                 # resume in place. Whatever committed is kept; the rest runs again.
@@ -577,6 +579,7 @@ class RunExecution:
                         continue
                 error: Exception = exc
             except (ResultTooLarge, BindingError, EgressDenied) as exc:
+                await lane.release()
                 await self._fail(key, node_id, ast, attempt, str(exc))
                 raise StepFailed(key, str(exc)) from None
             except (PoolTimeout, psycopg.Error, DurableError, OSError, TimeoutError) as exc:
@@ -584,6 +587,9 @@ class RunExecution:
             message = str(error) or type(error).__name__
             if isinstance(error, PoolTimeout):
                 message = f"no database connection free within {self.settings.pool_timeout_s}s: {message}"
+            # Give the strand's connection back first: with a full pool, writing the failure
+            # or the retry event would otherwise wait on the connection this strand holds.
+            await lane.release()
             if attempt > retries:
                 await self._fail(key, node_id, ast, attempt, message)
                 raise StepFailed(key, message) from None
@@ -685,7 +691,7 @@ class RunExecution:
         poll = 0.05
         started = self.engine.clock()
         while True:
-            async with self.engine.pool.connection() as conn:
+            async with self._state_connection() as conn:
                 async with conn.transaction():
                     cur = await conn.execute(
                         self.q.consume_signal, {"exec_key": key, "run_id": self.run_id, "name": ast.name}
@@ -713,7 +719,7 @@ class RunExecution:
     # -- state writes ----------------------------------------------------------------------
     async def _checkpoint(self, key: str, node_id: str, kind: str, attempt: int, result: Any) -> None:
         assert self.engine.pool is not None
-        async with self.engine.pool.connection() as conn:
+        async with self._state_connection() as conn:
             await self._checkpoint_on(conn, key, node_id, kind, attempt, result)
 
     async def _checkpoint_on(
@@ -743,7 +749,7 @@ class RunExecution:
     ) -> None:
         assert self.engine.pool is not None
         args = (self.run_id, self.engine.owner, key, node_id, kind, status, attempt, error, wake_at)
-        async with self.engine.pool.connection() as conn:
+        async with self._state_connection() as conn:
             await self._fenced(conn.execute(self.q.mark_node, args))
 
     async def _fail(self, key: str, node_id: str, ast: A.Node, attempt: int, message: str) -> None:
@@ -751,10 +757,17 @@ class RunExecution:
 
     async def _event(self, key: str, kind: str, detail: dict[str, Any]) -> None:
         assert self.engine.pool is not None
-        async with self.engine.pool.connection() as conn:
+        async with self._state_connection() as conn:
             await conn.execute(
                 self.q.insert_run_event, (self.run_id, kind, Jsonb({"exec_key": key, **detail}))
             )
+
+    def _state_connection(self) -> Any:
+        """A pooled connection for state writes. These wait longer than steps do: a failure
+        must still be recorded when branches hold every connection (strands release theirs
+        before writing, so the wait always ends)."""
+        assert self.engine.pool is not None
+        return self.engine.pool.connection(timeout=max(self.settings.pool_timeout_s, 300.0))
 
     async def _fenced(self, statement: Awaitable[Any]) -> Any:
         try:
