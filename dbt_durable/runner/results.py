@@ -204,32 +204,42 @@ def _typed(value: Any, type_name: str, conn: Any) -> str:
     return text
 
 
-def render(text: str, bindings: dict[str, Any], conn: Any, max_rowset: int = 10_000) -> str:
-    """``text`` with every ``$name`` reference replaced by a quoted literal.
+def _resolve(m: Any, bindings: dict[str, Any]) -> tuple[Any, str] | None:
+    """(value, type) of a ``$name`` / ``$name.col`` match; None for a null-safe miss.
 
     Raises :class:`BindingError` for an unbound name, no rows, a NULL or a missing column,
-    unless the reference ends in ``?`` (then it renders NULL).
+    unless the reference ends in ``?``.
+    """
+    name, col, safe = m["name"], m["col"], m["safe"] is not None
+    if name not in bindings:
+        if safe:
+            return None
+        raise BindingError(f"${name} is not bound yet")
+    result = bindings[name]
+    found = _column_of(name, col, result) if col else _value_of(name, result)
+    ref = f"${name}.{col}" if col else f"${name}"
+    if found is None:
+        if safe:
+            return None
+        raise BindingError(f"{ref} has no rows (use {ref}? to read NULL instead)")
+    if found[0] is None:
+        if safe:
+            return None
+        raise BindingError(f"{ref} is NULL (use {ref}? to read NULL instead)")
+    return found
+
+
+def render(text: str, bindings: dict[str, Any], conn: Any, max_rowset: int = 10_000) -> str:
+    """``text`` with every ``$name`` reference replaced by a quoted, typed SQL literal.
+
+    ``$name.*`` becomes ``(VALUES ...) AS name(cols)``. Errors as in :func:`_resolve`.
     """
 
     def replace(m: Any) -> str:
-        name, col, safe = m["name"], m["col"], m["safe"] is not None
-        if name not in bindings:
-            if safe:
-                return "NULL"
-            raise BindingError(f"${name} is not bound yet")
-        result = bindings[name]
-        if col == "*":
-            return _rowset(name, result, conn, max_rowset)
-        found = _column_of(name, col, result) if col else _value_of(name, result)
-        if found is None:
-            if safe:
-                return "NULL"
-            raise BindingError(f"${name} has no rows (use ${name}? to read NULL instead)")
-        value, type_name = found
-        if value is None and not safe:
-            ref = f"${name}.{col}" if col else f"${name}"
-            raise BindingError(f"{ref} is NULL (use {ref}? to read NULL instead)")
-        return literal(value, type_name, conn)
+        if m["col"] == "*" and m["name"] in bindings:
+            return _rowset(m["name"], bindings[m["name"]], conn, max_rowset)
+        found = _resolve(m, bindings)
+        return "NULL" if found is None else literal(found[0], found[1], conn)
 
     return REF.sub(replace, text)
 
@@ -242,21 +252,12 @@ def render_raw(text: str, bindings: dict[str, Any]) -> str:
     """
 
     def replace(m: Any) -> str:
-        name, col, safe = m["name"], m["col"], m["safe"] is not None
-        if name not in bindings:
-            if safe:
-                return "null"
-            raise BindingError(f"${name} is not bound yet")
-        result = bindings[name]
-        if col == "*":
-            rows = result.get("rows") if isinstance(result, dict) else result
-            return json.dumps(rows, ensure_ascii=False)
-        found = _column_of(name, col, result) if col else _value_of(name, result)
-        if found is None or found[0] is None:
-            if safe:
-                return "null"
-            raise BindingError(f"${name} has no value (use ${name}? to read null instead)")
-        value = found[0]
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if m["col"] == "*" and m["name"] in bindings:
+            result = bindings[m["name"]]
+            return json.dumps(result.get("rows") if isinstance(result, dict) else result, ensure_ascii=False)
+        found = _resolve(m, bindings)
+        if found is None:
+            return "null"
+        return found[0] if isinstance(found[0], str) else json.dumps(found[0], ensure_ascii=False)
 
     return REF.sub(replace, text)

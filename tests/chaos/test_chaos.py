@@ -16,7 +16,7 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -107,58 +107,60 @@ def _pg_ctl_restart(pg_dsn: str) -> None:
     )
 
 
+TICKS = 150
+
+
+def _ticking_run(pg_dsn: str, disrupt: Callable[[Space, random.Random], None], rng: random.Random) -> None:
+    """A loop of TICKS checkpointed inserts, disrupted mid-run; every tick must land exactly once."""
+    with make_space(pg_dsn) as space:
+        space.query("CREATE TABLE ticks(i int PRIMARY KEY)")
+        flow = (
+            "'SELECT 0 AS i' |=> 'n' ~> loop('INSERT INTO ticks VALUES ($n.i + 1) RETURNING i' |=> 'n' "
+            f"~> 'SELECT pg_sleep(0.01)', 'SELECT $n.i < {TICKS}')"
+        )
+        proc = subprocess.Popen(
+            runner(space, flow, "ticks"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        disrupt(space, rng)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert space.query("SELECT count(*), min(i), max(i) FROM ticks") == [(TICKS, 1, TICKS)]
+        TOTALS["runs_completed"] += 1
+
+
+def _wait_for_ticks(space: Space, at_least: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and int(space.query("SELECT count(*) FROM ticks")[0][0]) < at_least:  # type: ignore[call-overload]
+        time.sleep(0.02)
+
+
 @pytest.mark.skipif(bool(os.environ.get("DBT_DURABLE_TEST_DSN")), reason="restarts only the embedded server")
 def test_postgres_restart_mid_run_then_the_runner_reconnects_and_finishes(pg_dsn: str) -> None:
+    def restart(space: Space, rng: random.Random) -> None:
+        _wait_for_ticks(space, rng.randint(20, 100))
+        _pg_ctl_restart(pg_dsn)
+        TOTALS["restarts"] += 1
+
     rng = random.Random(SEED + 1)
     for _ in range(ROUNDS):
-        with make_space(pg_dsn) as space:
-            space.query("CREATE TABLE ticks(i int PRIMARY KEY)")
-            flow = (
-                "'SELECT 0 AS i' |=> 'n' ~> loop('INSERT INTO ticks VALUES ($n.i + 1) RETURNING i' |=> 'n' "
-                "~> 'SELECT pg_sleep(0.01)', 'SELECT $n.i < 150')"
-            )
-            proc = subprocess.Popen(
-                runner(space, flow, "restart"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            target = rng.randint(20, 100)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and space.query("SELECT count(*) FROM ticks")[0][0] < target:  # type: ignore[operator]
-                time.sleep(0.02)
-            _pg_ctl_restart(pg_dsn)
-            TOTALS["restarts"] += 1
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            assert space.query("SELECT count(*), min(i), max(i) FROM ticks") == [(150, 1, 150)]
-            TOTALS["runs_completed"] += 1
+        _ticking_run(pg_dsn, restart, rng)
 
 
 def test_terminated_backends_are_survived(pg_dsn: str) -> None:
+    def terminate(space: Space, rng: random.Random) -> None:
+        _wait_for_ticks(space, 1)
+        for _ in range(3):
+            time.sleep(rng.uniform(0.2, 0.6))
+            with psycopg.connect(space.admin_dsn, autocommit=True) as conn:
+                killed = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'dbt_durable:%' AND pid <> pg_backend_pid()"
+                ).fetchone()
+            TOTALS["terminations"] += int(killed[0]) if killed else 0
+
     rng = random.Random(SEED + 2)
     for _ in range(ROUNDS):
-        with make_space(pg_dsn) as space:
-            space.query("CREATE TABLE ticks(i int PRIMARY KEY)")
-            flow = (
-                "'SELECT 0 AS i' |=> 'n' ~> loop('INSERT INTO ticks VALUES ($n.i + 1) RETURNING i' |=> 'n' "
-                "~> 'SELECT pg_sleep(0.01)', 'SELECT $n.i < 120')"
-            )
-            proc = subprocess.Popen(
-                runner(space, flow, "terminate"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and space.query("SELECT count(*) FROM ticks")[0][0] == 0:
-                time.sleep(0.02)
-            for _ in range(3):
-                time.sleep(rng.uniform(0.2, 0.6))
-                with psycopg.connect(space.admin_dsn, autocommit=True) as conn:
-                    killed = conn.execute(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE application_name LIKE 'dbt_durable:%' AND pid <> pg_backend_pid()"
-                    ).fetchone()
-                TOTALS["terminations"] += int(killed[0]) if killed else 0
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            assert space.query("SELECT count(*), min(i), max(i) FROM ticks") == [(120, 1, 120)]
-            TOTALS["runs_completed"] += 1
+        _ticking_run(pg_dsn, terminate, rng)
 
 
 def test_several_workers_with_random_kills(space: Space) -> None:
