@@ -10,9 +10,10 @@ column and a caret excerpt. It never raises anything else.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dbt_durable.errors import FlowError
 from dbt_durable.flow import ast as A
@@ -32,8 +33,7 @@ _TOKEN = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     kind: str  # string | number | ident | op | eof
     value: str
     offset: int
@@ -126,6 +126,7 @@ class Parser:
         self.source = source
         self.origin = origin
         self.tokens = tokenize(source, origin)
+        self.newlines = [i for i, ch in enumerate(source) if ch == "\n"]
         self.i = 0
         self.depth = 0
 
@@ -155,7 +156,10 @@ class Parser:
         return self.advance()
 
     def pos_of(self, tok: Token) -> A.Pos:
-        return A.Pos(*_position(self.source, tok.offset))
+        # Binary search over the newline offsets: positions stay O(log n) on huge flows.
+        line = bisect.bisect_right(self.newlines, tok.offset - 1)
+        start = self.newlines[line - 1] + 1 if line else 0
+        return A.Pos(line + 1, tok.offset - start + 1)
 
     # -- grammar ---------------------------------------------------------------------------
     def parse_flow(self) -> A.Node:

@@ -46,7 +46,7 @@ def explain(flow: FlowGraph, statuses: Mapping[str, str] | None = None) -> str:
     while stack:
         node_id, depth = stack.pop()
         data = flow.graph.nodes[node_id]
-        label = data["label"]
+        label = flow.label(node_id)
         text = data["kind"] if label == data["kind"] else f"{data['kind']}  {label}"
         prefix = ""
         if statuses is not None:

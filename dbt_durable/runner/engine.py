@@ -87,10 +87,21 @@ class Outcome:
 
 @dataclass
 class NodeProgress:
+    """A stored node execution. The result is kept as JSON text and parsed on first use:
+    a resume reads every row, but the walk needs few of the results."""
+
     status: str
-    result: Any
+    result_text: str | None
     wake_at: datetime | None
     attempts: int
+
+    @property
+    def result(self) -> Any:
+        if self.result_text is None:
+            return None
+        if not hasattr(self, "_parsed"):
+            self._parsed = json.loads(self.result_text)
+        return self._parsed
 
 
 @dataclass
@@ -219,7 +230,7 @@ class RunExecution:
             if got is None:
                 return Outcome(self.run_id, row[6], row[11], row[12], row[13])
             is_build = row[18] == "dbt_build"
-            flow = compile_flow("'SELECT 1'" if is_build else row[3], f"run {self.run_id}")
+            flow = compile_flow("'SELECT 1'" if is_build else row[3], f"run {self.run_id}", validated=True)
             progress = await self._load_progress(ctl)
             self.build_target = dict(row[19] or {}) if is_build else None
             self.flow_name = row[1]
@@ -433,10 +444,19 @@ class RunExecution:
         assert st is not None
         ast = st.flow.node(node_id)
         if isinstance(ast, A.Seq):
-            result = None
+            result: Any = None
+            replayed: NodeProgress | None = None
+            steps, progress = st.flow.step_ids, st.progress
             for kid in st.flow.children(node_id):
+                if kid in steps:  # fast path of a resume: a finished step is a dict lookup
+                    done = progress.get(exec_key(kid, iters))
+                    if done is not None and done.status == "completed":
+                        st.skipped += 1
+                        replayed = done
+                        continue
+                replayed = None
                 result = await self.node(kid, iters, lane)
-            return result
+            return replayed.result if replayed is not None else result
         if isinstance(ast, A.Bind):
             value = await self.node(st.flow.children(node_id)[0], iters, lane)
             st.bindings[ast.name] = value

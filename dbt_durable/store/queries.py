@@ -65,7 +65,7 @@ SELECT exec_key, node_id, kind, status, attempts, result, error, wake_at, starte
 
 # Resume loads what is done (results) and what is parked (durable timers).
 LOAD_PROGRESS = """
-SELECT exec_key, status, result, wake_at, attempts
+SELECT exec_key, status, result::text, wake_at, attempts
   FROM {s}.nodes WHERE run_id = %s AND status IN ('completed', 'waiting', 'failed')
 """
 
