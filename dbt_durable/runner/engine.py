@@ -135,6 +135,7 @@ class Engine:
         self.types = steps.TypeNames()
         self.pool: AsyncConnectionPool | None = None
         self.session_role = ""
+        self.ctl_pool: AsyncConnectionPool | None = None
 
     async def __aenter__(self) -> Engine:
         app = APP_PREFIX + self.owner
@@ -153,14 +154,28 @@ class Engine:
             timeout=self.settings.pool_timeout_s,
         )
         await self.pool.open(wait=True)
+        # Control connections hold each run's advisory lock (its liveness) for the run's whole
+        # life; pooling them spares a connection setup per run in workers.
+        self.ctl_pool = AsyncConnectionPool(
+            self.settings.dsn,
+            min_size=1,
+            max_size=max(4, self.settings.concurrency),
+            kwargs=connect_kwargs(self.settings.dsn, app + ":ctl"),
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            reset=_unlock_all,
+            timeout=self.settings.pool_timeout_s,
+        )
+        await self.ctl_pool.open(wait=True)
         async with self.pool.connection() as conn:
             row = await (await conn.execute(b"SELECT current_user")).fetchone()
             self.session_role = str(row[0]) if row else ""
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            await self.pool.close()
+        for pool in (self.pool, self.ctl_pool):
+            if pool is not None:
+                await pool.close()
 
     async def execute(
         self, run_id: str, retry_failed: bool = False, echo: Callable[[str], None] | None = None
@@ -211,8 +226,12 @@ class RunExecution:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, retry_failed: bool) -> Outcome:
+        assert self.engine.ctl_pool is not None
+        async with self.engine.ctl_pool.connection() as ctl:
+            return await self._run_with(ctl, retry_failed)
+
+    async def _run_with(self, ctl: psycopg.AsyncConnection, retry_failed: bool) -> Outcome:
         s = self.settings
-        ctl = await open_async(s.dsn, APP_PREFIX + self.engine.owner + ":ctl")
         try:
             got = await lease.claim(
                 ctl,
@@ -271,7 +290,6 @@ class RunExecution:
                     await lease.release(ctl, self.q, s.schema, self.run_id)
                 except psycopg.Error:
                     pass
-            await ctl.close()
 
     async def _load_progress(self, ctl: psycopg.AsyncConnection) -> dict[str, NodeProgress]:
         cur = await ctl.execute(self.q.load_progress, (self.run_id,))
@@ -840,3 +858,8 @@ def _next_slot(ast: A.WaitSchedule, now: datetime) -> datetime:
 async def _reset_role(conn: psycopg.AsyncConnection) -> None:
     """Pool reset: a connection that ran a run's steps under SET ROLE goes back as itself."""
     await conn.execute(b"RESET ROLE")
+
+
+async def _unlock_all(conn: psycopg.AsyncConnection) -> None:
+    """Control-pool reset: no run's advisory lock may outlive the execution that took it."""
+    await conn.execute(b"SELECT pg_advisory_unlock_all()")
