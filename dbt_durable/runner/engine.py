@@ -39,7 +39,7 @@ from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
 from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow
 from dbt_durable.runner import faults, lease, results, steps
-from dbt_durable.runner.http import EgressDenied
+from dbt_durable.runner.http import EgressDenied, SecretValues
 from dbt_durable.runner.lane import Lane, Uncertain
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
 from dbt_durable.store.queries import Queries
@@ -656,24 +656,29 @@ class RunExecution:
         if isinstance(ast, A.Http):
             from dbt_durable.runner.http import run_http
 
+            secrets = SecretValues()
             text = {
-                f: self._substitute(getattr(ast, f), node_id, iters, attempt, None, raw=True)
+                f: secrets.fill(self._substitute(getattr(ast, f), node_id, iters, attempt, None, raw=True))
                 if getattr(ast, f)
                 else None
                 for f in ("url", "body", "headers")
             }
             idem = self._idempotency_key(key, attempt)
-            result = await run_http(
-                ast,
-                text["url"] or ast.url,
-                text["body"],
-                text["headers"],
-                idem,
-                self.settings.max_result_bytes,
-                timeout_s,
-            )
-            await self._checkpoint(key, node_id, "http", attempt, result)
-            return result
+            try:
+                result = await run_http(
+                    ast,
+                    text["url"] or ast.url,
+                    text["body"],
+                    text["headers"],
+                    idem,
+                    self.settings.max_result_bytes,
+                    timeout_s,
+                )
+            except DurableError as exc:
+                raise type(exc)(secrets.mask(str(exc))) from None
+            stored = secrets.mask_json(result)  # bound and stored alike, so a replay sees the same
+            await self._checkpoint(key, node_id, "http", attempt, stored)
+            return stored
         raise DurableError(f"cannot execute node kind {A.kind_of(ast)}")
 
     async def _sql(

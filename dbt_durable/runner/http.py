@@ -1,5 +1,10 @@
 """HTTP steps: httpx with a timeout, a response-size cap and an egress guard.
 
+Secrets: ``{env:NAME}`` in a URL, body or headers is replaced, when the step runs, by the
+runner's environment variable NAME. The value is never stored: not in the run (the flow text
+keeps the reference), not in results or events, not in error messages (masked as ``***``).
+Response headers that carry credentials (set-cookie, authorization) are masked in results.
+
 Egress to loopback, private, link-local, multicast, reserved and cloud-metadata addresses is
 denied unless ``DBT_DURABLE_HTTP_ALLOW`` lists the host (comma-separated). The check runs on
 every address the name resolves to, and the request is sent to the checked address, so a
@@ -12,14 +17,47 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from dbt_durable.errors import DurableError
+from dbt_durable.errors import BindingError, DurableError
 from dbt_durable.flow import ast as A
 
 DEFAULT_TIMEOUT_S = 30.0
+ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+CREDENTIAL_HEADERS = {"set-cookie", "authorization", "proxy-authorization", "cookie", "x-api-key"}
+
+
+class SecretValues:
+    """Fills ``{env:NAME}`` references and remembers the values, to mask them afterwards."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+
+    def fill(self, text: str) -> str:
+        def value(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise BindingError(f"{{env:{name}}}: the runner has no environment variable {name}")
+            secret = os.environ[name]
+            if secret:
+                self.values.add(secret)
+            return secret
+
+        return ENV_REF.sub(value, text)
+
+    def mask(self, text: str) -> str:
+        for secret in sorted(self.values, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def mask_json(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` with secrets and credential headers masked (what gets stored)."""
+        headers = {k: ("***" if k.lower() in CREDENTIAL_HEADERS else v) for k, v in result["headers"].items()}
+        masked: dict[str, Any] = json.loads(self.mask(json.dumps({**result, "headers": headers})))
+        return masked
 
 
 class EgressDenied(DurableError):

@@ -108,3 +108,27 @@ def test_egress_to_private_loopback_link_local_and_metadata_is_denied(
     out = space.client().start(f"http('http://{host}:9/x')").outcome
     assert out is not None and out.status == "failed"
     assert "is denied" in (out.error or ""), out.error
+
+
+def test_env_secrets_reach_the_server_but_are_never_stored(
+    space: Space, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "tok-9f8e7d6c5b4a"
+    monkeypatch.setenv("DD_TEST_TOKEN", token)
+    flow = f"http('{server}/s', 'POST', '{{\"auth\": \"{{env:DD_TEST_TOKEN}}\"}}', '{{\"X-Team\": \"{{env:DD_TEST_TOKEN}}\"}}')"
+    out = space.client().start(flow).outcome
+    assert out is not None and out.status == "completed", out.error
+    assert Recorder.seen[0]["x"] == token and token in Recorder.seen[0]["body"]
+    dump = space.query(
+        "SELECT (SELECT json_agg(r)::text FROM {state}.runs r) || "
+        "(SELECT coalesce(json_agg(n)::text, '') FROM {state}.nodes n) || "
+        "(SELECT coalesce(json_agg(e)::text, '') FROM {state}.events e)"
+    )
+    assert token not in str(dump[0][0])
+    assert "{env:DD_TEST_TOKEN}" in str(dump[0][0])  # the reference is what is stored
+
+
+def test_missing_env_secret_fails_clearly(space: Space, server: str) -> None:
+    out = space.client().start(f"http('{server}/s', 'POST', '{{env:DD_NOT_SET_ANYWHERE}}')").outcome
+    assert out is not None and out.status == "failed"
+    assert "no environment variable DD_NOT_SET_ANYWHERE" in (out.error or "")
