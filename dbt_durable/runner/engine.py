@@ -39,7 +39,7 @@ from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
 from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow
 from dbt_durable.runner import faults, lease, results, steps
-from dbt_durable.runner.http import EgressDenied, SecretValues
+from dbt_durable.runner.http import EgressDenied, RequestInvalid, SecretValues
 from dbt_durable.runner.lane import Lane, Uncertain
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
 from dbt_durable.store.queries import Queries
@@ -616,7 +616,7 @@ class RunExecution:
                         failures += 1
                         continue
                 error: Exception = exc
-            except (ResultTooLarge, BindingError, EgressDenied) as exc:
+            except (ResultTooLarge, BindingError, EgressDenied, RequestInvalid) as exc:
                 await lane.release()
                 await self._fail(key, node_id, ast, attempt, str(exc))
                 raise StepFailed(key, str(exc)) from None

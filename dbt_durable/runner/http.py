@@ -22,7 +22,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from dbt_durable.errors import BindingError, DurableError
+from dbt_durable.errors import BindingError, DurableError, ResultTooLarge
 from dbt_durable.flow import ast as A
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -62,6 +62,10 @@ class SecretValues:
 
 class EgressDenied(DurableError):
     """The HTTP step targets an address that is not allowed."""
+
+
+class RequestInvalid(DurableError):
+    """The request itself is malformed (headers, URL); retrying cannot help."""
 
 
 class HttpFailed(DurableError):
@@ -111,13 +115,13 @@ def _headers(raw: str | None) -> dict[str, str]:
     try:
         parsed = json.loads(raw)
     except ValueError as exc:
-        raise DurableError(f"http() headers must be a JSON object: {exc}") from None
+        raise RequestInvalid(f"http() headers must be a JSON object: {exc}") from None
     if not isinstance(parsed, dict):
-        raise DurableError("http() headers must be a JSON object")
+        raise RequestInvalid("http() headers must be a JSON object")
     out: dict[str, str] = {}
     for key, value in parsed.items():
         if not isinstance(value, (str, int, float)) or any(c in str(key) + str(value) for c in "\r\n\0"):
-            raise DurableError(f"http() header {key!r} has an invalid value")
+            raise RequestInvalid(f"http() header {key!r} has an invalid value")
         out[str(key)] = str(value)
     return out
 
@@ -139,7 +143,7 @@ async def run_http(
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DurableError(f"http() url {url!r} is not an http(s) URL")
+        raise RequestInvalid(f"http() url {url!r} is not an http(s) URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     address = await resolve_checked(parts.hostname, port)
     headers = {"Idempotency-Key": idempotency_key, **_headers(headers_text)}
@@ -158,7 +162,7 @@ async def run_http(
                 async for chunk in resp.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise DurableError(f"HTTP response is over the cap of {max_bytes} bytes")
+                        raise ResultTooLarge(f"HTTP response is over the cap of {max_bytes} bytes")
                     chunks.append(chunk)
     except httpx.HTTPError as exc:
         raise HttpFailed(f"{ast.method} {url}: {type(exc).__name__}: {exc}") from None
