@@ -1,0 +1,96 @@
+"""How big each scenario is in each mode (full, ``--quick``, ``--tiny``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Workload sizes and repetition counts; every scenario runs at least 3 repetitions."""
+
+    mode: str
+    reps: int  # repetitions of each timed measurement (>= 3)
+    graph_reps: int  # repetitions of the plan timings (the 100k plan is slow)
+    per_node_n: int  # sequential trivial nodes vs the raw-commit loop
+    dbos_n: int  # sequential trivial nodes vs DBOS Transact
+    fanout_n: int  # joined pg_sleep nodes
+    fanout_sleep_s: float
+    fanout_concurrency: int
+    graph_small_n: int  # "10k" plan
+    graph_large_n: int  # "100k" plan
+    resume_n: int  # nodes in the run resumed with one node left
+    dbt_models: int  # models in the generated dbt project (0: skip the dbt scenario)
+    dbt_warmup: bool  # one untimed dbt build first (dbt's partial-parse cache)
+    worker_runs: int  # queued runs drained by a worker
+    worker_run_nodes: int  # trivial nodes per queued run
+    warmup: bool  # one untimed run of each side before measuring
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = Sizes(
+    mode="full",
+    reps=7,
+    graph_reps=3,
+    per_node_n=2000,
+    dbos_n=2000,
+    fanout_n=1000,
+    fanout_sleep_s=0.01,
+    fanout_concurrency=8,
+    graph_small_n=10_000,
+    graph_large_n=100_000,
+    resume_n=10_000,
+    dbt_models=20,
+    dbt_warmup=True,
+    worker_runs=100,
+    worker_run_nodes=5,
+    warmup=True,
+)
+
+QUICK = Sizes(
+    mode="quick",
+    reps=3,
+    graph_reps=3,
+    per_node_n=2000,
+    dbos_n=500,
+    fanout_n=500,
+    fanout_sleep_s=0.01,
+    fanout_concurrency=8,
+    graph_small_n=5_000,
+    graph_large_n=15_000,
+    resume_n=2_000,
+    dbt_models=5,
+    dbt_warmup=False,
+    worker_runs=50,
+    worker_run_nodes=5,
+    warmup=True,
+)
+
+TINY = Sizes(
+    mode="tiny",
+    reps=3,
+    graph_reps=3,
+    per_node_n=100,
+    dbos_n=50,
+    fanout_n=48,
+    fanout_sleep_s=0.01,
+    fanout_concurrency=8,
+    graph_small_n=500,
+    graph_large_n=2_000,
+    resume_n=200,
+    dbt_models=0,
+    dbt_warmup=False,
+    worker_runs=8,
+    worker_run_nodes=3,
+    warmup=False,
+)
+
+
+def pick(quick: bool, tiny: bool) -> Sizes:
+    """``--tiny`` wins over ``--quick``."""
+    if tiny:
+        return TINY
+    return QUICK if quick else FULL
