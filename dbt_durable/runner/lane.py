@@ -149,7 +149,12 @@ class Lane:
         """Give the connection back without committing (an open step rolls back)."""
         self.pending = self.pending_key = None
         if self._cm is not None:
-            cm, self._cm, self.conn = self._cm, None, None
+            cm, conn, self._cm, self.conn = self._cm, self.conn, None, None
+            if self.role and conn is not None and not conn.broken:
+                try:  # the connection goes back to the pool as the runner's own role
+                    await conn.execute(b"ROLLBACK; RESET ROLE")
+                except psycopg.Error:
+                    await conn.close()
             await cm.__aexit__(None, None, None)
 
     def _committed_pending(self) -> None:

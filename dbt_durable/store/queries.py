@@ -123,18 +123,30 @@ UPDATE {s}.runs SET lease_expires_at = now() - interval '1 second', updated_at =
 
 # A worker takes due runs; SKIP LOCKED lets many workers share the queue without waiting.
 CLAIM_RUNNABLE = """
+WITH pending AS (
+    SELECT run_id, created_at AS due FROM {s}.runs
+     WHERE status = 'pending' ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), woken AS (
+    SELECT run_id, wake_at AS due FROM {s}.runs
+     WHERE status = 'waiting' AND wake_at <= now() ORDER BY wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), signalled AS (
+    SELECT c.run_id, c.created_at AS due FROM {s}.runs c
+     WHERE c.status = 'waiting' AND (c.cancel_requested IS NOT NULL OR EXISTS (
+            SELECT 1 FROM {s}.signals g
+             WHERE g.run_id = c.run_id AND g.name = c.waiting_for AND g.consumed_at IS NULL))
+     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), orphaned AS (
+    SELECT run_id, lease_expires_at AS due FROM {s}.runs
+     WHERE status = 'running' AND lease_expires_at < now()
+     ORDER BY lease_expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT run_id FROM (SELECT * FROM pending UNION ALL SELECT * FROM woken
+                        UNION ALL SELECT * FROM signalled UNION ALL SELECT * FROM orphaned) AS due_runs
+     ORDER BY due LIMIT %(limit)s
+)
 UPDATE {s}.runs AS r SET status = 'running', lease_expires_at = now() + make_interval(secs => %(ttl)s),
        updated_at = now()
- WHERE r.run_id IN (
-        SELECT c.run_id FROM {s}.runs c
-         WHERE c.status = 'pending'
-            OR (c.status = 'waiting' AND (c.wake_at <= now() OR c.cancel_requested IS NOT NULL OR EXISTS (
-                   SELECT 1 FROM {s}.signals g
-                    WHERE g.run_id = c.run_id AND g.name = c.waiting_for AND g.consumed_at IS NULL)))
-            OR (c.status = 'running' AND c.lease_expires_at < now())
-         ORDER BY coalesce(c.wake_at, c.created_at)
-         LIMIT %(limit)s
-         FOR UPDATE SKIP LOCKED)
+  FROM chosen WHERE r.run_id = chosen.run_id
 RETURNING r.run_id
 """
 

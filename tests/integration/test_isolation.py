@@ -76,7 +76,7 @@ def test_worker_runs_each_step_as_the_submitting_role(space: Space, roles: dict[
     alice = as_role(space, roles, "alice")
     run_id = alice.start("'SELECT current_user AS who, session_user AS login'", wait=False).run_id
     w = worker(Space(space.admin_dsn, roles["worker_dsn"], space.schema, space.work), "--once")
-    assert w.wait(timeout=60) == 0, w.stderr.read() if w.stderr else ""
+    assert w.wait(timeout=60) == 0
     assert alice.result(run_id)["rows"] == [{"who": roles["alice"], "login": roles["worker"]}]
 
 

@@ -295,6 +295,6 @@ def test_psql_functions_status_result_progress(space: Space) -> None:
 
 def test_migrations_are_idempotent_and_recorded(space: Space) -> None:
     client = space.client()
-    assert client.migrate() == ["0001_state.sql", "0002_worker.sql", "0003_isolation.sql"]
+    assert client.migrate() == ["0001_state.sql", "0002_worker.sql", "0003_isolation.sql", "0004_claims.sql"]
     assert client.migrate() == []
-    assert space.query("SELECT version FROM {state}.schema_version ORDER BY 1") == [(1,), (2,), (3,)]
+    assert space.query("SELECT version FROM {state}.schema_version ORDER BY 1") == [(1,), (2,), (3,), (4,)]
