@@ -360,7 +360,11 @@ class Client:
         except ValueError:
             return explain_graph(compile_flow(target))
         run = self.get_run(run_id)
-        flow = compile_flow(run["flow_text"], f"run {run_id}")
+        if run["kind"] == "dbt_build":  # a durable dbt build: its nodes are dbt's
+            args = " ".join((run["dbt_args"] or {}).get("args", []))
+            done = [f"  {n['status']:<9} {n['exec_key']}" for n in self.nodes(run_id)]
+            return "\n".join([f"dbt build {args} ({run['status']})", *done])
+        flow = compile_flow(run["flow_text"], f"run {run_id}", validated=True)
         statuses: dict[str, str] = {}
         for node in self.nodes(run_id):
             statuses[node["node_id"]] = node["status"]

@@ -53,15 +53,20 @@ async def claim(
     Raises :class:`RunBusy` if another live runner keeps the lock for ``wait_s`` seconds.
     """
     name = lock_name(schema, run_id)
-    await ctl.execute(f"SET lock_timeout = {int(wait_s * 1000)}".encode())
-    try:
-        await ctl.execute(q.advisory_lock, (name,))
-    except psycopg.errors.LockNotAvailable:
-        raise RunBusy(
-            f"run {run_id} is being executed by another live runner; wait for it, or cancel the run"
-        ) from None
-    finally:
-        await ctl.execute(b"SET lock_timeout = 0")
+    busy = RunBusy(f"run {run_id} is being executed by another live runner; wait for it, or cancel the run")
+    if wait_s <= 0:  # workers never wait: another worker or runner has it
+        row = await (await ctl.execute(q.advisory_try_lock, (name,))).fetchone()
+        if not (row and row[0]):
+            raise busy
+    else:
+        # lock_timeout = 0 would mean "wait forever", so the wait is at least 1 ms.
+        await ctl.execute(f"SET lock_timeout = {max(1, int(wait_s * 1000))}".encode())
+        try:
+            await ctl.execute(q.advisory_lock, (name,))
+        except psycopg.errors.LockNotAvailable:
+            raise busy from None
+        finally:
+            await ctl.execute(b"RESET lock_timeout")
     cur = await ctl.execute(q.get_run, (run_id,))
     row = await cur.fetchone()
     assert row is not None
