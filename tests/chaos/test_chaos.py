@@ -176,11 +176,19 @@ def test_several_workers_with_random_kills(space: Space) -> None:
     runs = 40 * ROUNDS
     for i in range(runs):
         client.start(flow, name="chaos-fleet", key=str(i), wait=False)
+    # A schedule whose missed slots (the last 20 minutes) the same killed workers must fire.
+    client.schedule_add(
+        "chaos-slots", "* * * * *", "UTC", {"kind": "flow", "flow": "'SELECT 1'"}, "all", 100, "allow"
+    )
+    space.query(
+        "UPDATE {state}.schedules SET created_at = date_trunc('minute', now()) - interval '20 minutes'"
+    )
+    slot_runs = "SELECT count(*) FROM {state}.runs WHERE flow_name = 'schedule:chaos-slots'"
     fleet = [worker(space, "--concurrency", "3") for _ in range(3)]
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         done = space.query("SELECT count(*) FROM {state}.runs WHERE status = 'completed'")[0][0]
-        if done == runs:
+        if done == runs + space.query(slot_runs)[0][0] and space.query(slot_runs)[0][0] >= 20:  # type: ignore[operator]
             break
         victim = rng.randrange(len(fleet))
         fleet[victim].send_signal(signal.SIGKILL)
@@ -191,7 +199,10 @@ def test_several_workers_with_random_kills(space: Space) -> None:
     for w in fleet:
         w.send_signal(signal.SIGTERM)
         w.wait(timeout=30)
-    assert space.query("SELECT status, count(*) FROM {state}.runs GROUP BY 1") == [("completed", runs)]
+    slots = space.query("SELECT run_key FROM {state}.runs WHERE flow_name = 'schedule:chaos-slots'")
+    assert len(slots) == len({s[0] for s in slots}) >= 20  # every slot fired, and fired once
+    TOTALS["slots_fired"] = TOTALS.get("slots_fired", 0) + len(slots)
+    assert space.query("SELECT DISTINCT status FROM {state}.runs") == [("completed",)]
     counts = space.query("SELECT count(*), count(DISTINCT (run_id, step)) FROM effects")[0]
     TOTALS["duplicates"] += int(counts[0]) - int(counts[1])  # type: ignore[call-overload]
     TOTALS["losses"] += runs * 3 - int(counts[1])  # type: ignore[call-overload]

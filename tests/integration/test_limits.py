@@ -44,3 +44,13 @@ def test_pool_exhaustion_times_out_with_a_clear_error(space: Space) -> None:
     out = space.client(concurrency=1, pool_timeout_s=0.3).start("'SELECT pg_sleep(2)' & 'SELECT 1'").outcome
     assert out is not None and out.status == "failed"
     assert "no database connection free within 0.3s" in (out.error or "")
+
+
+def test_rowset_expansion_cap(space: Space) -> None:
+    from dbt_durable.errors import BindingError
+    from dbt_durable.runner.results import render
+
+    rows = {"rows": [{"i": n} for n in range(11)], "row_count": 11, "columns": [["i", "integer"]]}
+    assert "VALUES" in render("SELECT * FROM $r.*", {"r": {**rows, "rows": rows["rows"][:10]}}, None, 10)
+    with pytest.raises(BindingError, match="11 rows, over the cap of 10"):
+        render("SELECT * FROM $r.*", {"r": rows}, None, 10)

@@ -172,3 +172,27 @@ def test_four_workers_share_hundreds_of_runs_each_node_executed_once(space: Spac
         "SELECT count(DISTINCT detail ->> 'owner') FROM {state}.events WHERE kind = 'run_claimed'"
     )
     assert claimed_by[0][0] >= 2  # the work was actually shared
+
+
+def test_a_worker_that_lost_its_listen_connection_still_wakes_by_polling(space: Space) -> None:
+    client = space.client()
+    client.migrate()
+    w = worker(space)
+    try:
+        wait_for(
+            lambda: bool(
+                space.query(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'dbt_durable:%%:listen'"
+                )
+            )
+        )
+        space.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'dbt_durable:%%:listen'"
+        )
+        run_id = client.start("'SELECT 42 AS answer'", wait=False).run_id  # its NOTIFY reaches nobody
+        wait_for(lambda: status_of(space, run_id) == "completed", timeout=20)
+    finally:
+        w.send_signal(signal.SIGTERM)
+        w.wait(timeout=20)
+    assert client.result(run_id)["rows"] == [{"answer": 42}]
