@@ -68,18 +68,19 @@ class Client:
         self.settings = settings
         self.q = Queries(settings.schema)
         self._checked_schema = False
+        self.applied: list[str] = []
 
     @contextmanager
-    def _connect(self) -> Iterator[psycopg.Connection]:
+    def _connect(self, create: bool = False) -> Iterator[psycopg.Connection]:
+        """A connection to the database, with the state schema up to date.
+
+        The first connection of a Client upgrades an existing schema; ``create`` also creates
+        an absent one (calls that write a run). ``self.applied`` holds what was applied.
+        """
         conn = open_sync(self.settings.dsn)
         try:
-            if not self._checked_schema:
-                # An existing state schema from an older version is upgraded before use.
-                found = conn.execute(
-                    "SELECT to_regclass(%s)", (f"{self.settings.schema}.schema_version",)
-                ).fetchone()
-                if found and found[0] is not None:
-                    apply_migrations(conn, self.settings.schema)
+            if create or not self._checked_schema:
+                self.applied = apply_migrations(conn, self.settings.schema, create=create)
                 self._checked_schema = True
             yield conn
         except (
@@ -98,8 +99,8 @@ class Client:
 
     def migrate(self) -> list[str]:
         """Create or upgrade the state schema; returns the migrations applied now."""
-        with self._connect() as conn:
-            return apply_migrations(conn, self.settings.schema)
+        with self._connect(create=True):
+            return self.applied
 
     def start(
         self,
@@ -120,8 +121,7 @@ class Client:
         """
         flow = compile_flow(flow_text, origin)
         vars = dict(vars or {})
-        with self._connect() as conn:
-            apply_migrations(conn, self.settings.schema)
+        with self._connect(create=True) as conn:
             run_id, created = self._create(conn, flow, name, key, vars, fresh)
         started = Started(run_id, created)
         if wait:
@@ -188,8 +188,7 @@ class Client:
         """
         flow = compile_flow(flow_text, origin)
         vars = dict(vars or {})
-        with self._connect() as conn:
-            apply_migrations(conn, self.settings.schema)
+        with self._connect(create=True) as conn:
             row = conn.execute(self.q.latest_unfinished, (name,)).fetchone()
             if row is not None and row[1] == flow.graph_hash and (row[2] or {}) == vars:
                 started = Started(str(row[0]), False)
@@ -237,8 +236,7 @@ class Client:
         """
         check_target(target)
         target = {**target, "kind": "dbt_build"}
-        with self._connect() as conn:
-            apply_migrations(conn, self.settings.schema)
+        with self._connect(create=True) as conn:
             if resume:
                 row = conn.execute(self.q.latest_unfinished, (name,)).fetchone()
                 if row is None:
@@ -273,8 +271,7 @@ class Client:
             compile_flow(str(target["flow"]), f"schedule {name}")
         elif target.get("kind") == "dbt_build":
             check_target(target)
-        with self._connect() as conn:
-            apply_migrations(conn, self.settings.schema)
+        with self._connect(create=True) as conn:
             row = conn.execute(
                 self.q.upsert_schedule,
                 {

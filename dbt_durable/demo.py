@@ -57,6 +57,16 @@ def _run_dbt(args: list[str], project: Path, env: dict[str, str]) -> subprocess.
     return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=project)
 
 
+def _run_step(args: list[str], project: Path, env: dict[str, str], failure: str) -> None:
+    """Run dbt, echo its durable model lines; on failure show its output and stop the demo."""
+    done = _run_dbt(args, project, env)
+    for line in _durable_lines(done.stdout):
+        click.echo("   " + line)
+    if done.returncode != 0:
+        click.echo(done.stdout + done.stderr, err=True)
+        raise click.ClickException(failure)
+
+
 def _durable_lines(output: str) -> list[str]:
     return [
         line.split("  ", 1)[-1].strip()
@@ -102,25 +112,17 @@ def run_demo(dsn: str, home: Path) -> None:
         click.echo(f"   {flow:<34} {status:<9} {done} node(s) checkpointed")
 
     click.secho("2. The same dbt build again: every model resumes from its checkpoints.", bold=True)
-    second = _run_dbt(["build", "--threads", "1"], project, env)
-    for line in _durable_lines(second.stdout):
-        click.echo("   " + line)
-    if second.returncode != 0:
-        click.echo(second.stdout + second.stderr, err=True)
-        raise click.ClickException("the resumed dbt build failed")
+    _run_step(["build", "--threads", "1"], project, env, "the resumed dbt build failed")
 
     click.secho("3. refund_approval is parked on a signal; approve it and run the model again.", bold=True)
     signal_args = "{select: refund_approval, name: approve_refunds, payload: {approved: true, by: demo}}"
-    sent = _run_dbt(["run-operation", "durable_signal", "--args", signal_args], project, env)
-    if sent.returncode != 0:
-        click.echo(sent.stdout + sent.stderr, err=True)
-        raise click.ClickException("sending the approval signal failed")
-    third = _run_dbt(["run", "--select", "refund_approval"], project, env)
-    for line in _durable_lines(third.stdout):
-        click.echo("   " + line)
-    if third.returncode != 0:
-        click.echo(third.stdout + third.stderr, err=True)
-        raise click.ClickException("finishing the approval flow failed")
+    _run_step(
+        ["run-operation", "durable_signal", "--args", signal_args],
+        project,
+        env,
+        "sending the approval signal failed",
+    )
+    _run_step(["run", "--select", "refund_approval"], project, env, "finishing the approval flow failed")
 
     click.secho("4. Results", bold=True)
     with psycopg.connect(dsn, autocommit=True) as conn:

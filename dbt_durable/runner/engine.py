@@ -590,9 +590,9 @@ class RunExecution:
         backoff = parse_duration(ast.option("backoff", 1.0) or 1.0)
         timeout = ast.option("timeout")
         timeout_s = parse_duration(timeout) if timeout is not None else None
-        attempt = (
-            (self.state.progress[key].attempts if key in self.state.progress else 0) if self.state else 0
-        )
+        assert self.state is not None
+        earlier = self.state.progress.get(key)  # a failed or parked execution resumes its count
+        attempt = earlier.attempts if earlier is not None else 0
         failures = 0
         reconnect_deadline: float | None = None
         loop = asyncio.get_running_loop()

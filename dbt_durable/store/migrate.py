@@ -30,12 +30,16 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def migrate(conn: psycopg.Connection, schema: str) -> list[str]:
-    """Bring ``schema`` up to date; returns the names of the migrations applied now."""
+def migrate(conn: psycopg.Connection, schema: str, create: bool = True) -> list[str]:
+    """Bring ``schema`` up to date; returns the names of the migrations applied now.
+
+    With ``create=False`` an absent schema is left absent (only an existing one is upgraded).
+    """
     applied: list[str] = []
     ident = sql.Identifier(schema)
     shipped = migrations()
-    if _current_version(conn, schema) >= shipped[-1][0]:
+    current = _current_version(conn, schema)
+    if current >= shipped[-1][0] or (current == 0 and not create):
         return applied  # up to date: no DDL, so roles without CREATE can use the schema
     for version, name, text in shipped:
         with conn.transaction():
