@@ -70,13 +70,14 @@ def clear_compile_caches() -> int:
     """Empty the engine's in-process caches of compiled flows; returns how many were found.
 
     A measurement that follows calls it to pay what a new process pays (``dbt-durable start``,
-    ``dbt-durable resume`` after a crash). Any ``functools`` cache in the graph module counts.
+    ``dbt-durable resume`` after a crash). Every cache in the graph module
+    (anything with a ``cache_clear``: ``functools`` caches, the ``FlowCache``) counts.
     """
     from dbt_durable.graph import build
 
     found = 0
     for value in list(vars(build).values()):
-        clear = getattr(value, "cache_clear", None)
+        clear = None if isinstance(value, type) else getattr(value, "cache_clear", None)
         if callable(clear):
             clear()
             found += 1

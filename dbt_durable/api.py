@@ -28,6 +28,7 @@ from dbt_durable.runner.schedules import check_schedule
 from dbt_durable.store.connect import open_sync
 from dbt_durable.store.migrate import migrate as apply_migrations
 from dbt_durable.store.queries import Queries
+from dbt_durable.store.runs import new_run_params
 
 DEFAULT_FLOW_NAME = "adhoc"
 
@@ -137,14 +138,7 @@ class Client:
         vars: dict[str, str],
         fresh: bool,
     ) -> tuple[str, bool]:
-        params = {
-            "flow_name": name,
-            "run_key": key,
-            "flow_text": flow.text,
-            "graph": Jsonb(flow.to_json()),
-            "graph_hash": flow.graph_hash,
-            "vars": Jsonb(vars),
-        }
+        params = new_run_params(flow, name, key, vars)
         with conn.transaction():
             row = conn.execute(self.q.insert_run, params).fetchone()
             if row is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -20,35 +21,67 @@ from dbt_durable.flow import ast as A
 from dbt_durable.flow.parser import parse
 from dbt_durable.flow.printer import to_text
 from dbt_durable.flow.refs import find_refs
+from dbt_durable.graph import plan as plan_format
 
 ROOT = "0"
+# Leaf kinds that checkpoint; break is a leaf too, but it never checkpoints.
+_STEPS = frozenset(kind for kind in A.STEP_KINDS if kind is not A.Break)
 MAX_DEPTH = 200
 MAX_NODES = 1_000_000
 
 
 @dataclass(frozen=True)
 class FlowGraph:
-    """A validated flow: its AST, canonical text, graph and hash."""
+    """A validated flow: its AST, canonical text, hash, and an index of its nodes by id.
+
+    The runner walks ``children`` and ``node`` (plain dicts). The networkx ``graph`` is built
+    on first use (``explain``, inspection), so starting or resuming a run never pays for it.
+    """
 
     ast: A.Node
     text: str
-    graph: nx.DiGraph
     graph_hash: str
+    _children: dict[str, tuple[str, ...]] = field(repr=False, compare=False)
+    _asts: dict[str, A.Node] = field(repr=False, compare=False)
+    step_ids: frozenset[str] = field(repr=False, compare=False)
+    """Ids of the leaf steps (sql, http, sleep, waits; not break, which never checkpoints)."""
 
-    def children(self, node_id: str) -> list[str]:
+    @classmethod
+    def of(cls, ast: A.Node, text: str, graph_hash: str) -> FlowGraph:
+        """Index ``ast`` (ids are child-index paths from the root)."""
+        children: dict[str, tuple[str, ...]] = {}
+        asts: dict[str, A.Node] = {}
+        steps: list[str] = []
+        stack: list[tuple[str, A.Node]] = [(ROOT, ast)]
+        pop, push = stack.pop, stack.extend
+        while stack:
+            node_id, node = pop()
+            asts[node_id] = node
+            if type(node) in _STEPS:  # most nodes: a leaf step, the short path
+                children[node_id] = ()
+                steps.append(node_id)
+                continue
+            kids = A.children(node)
+            ids = tuple([f"{node_id}.{i}" for i in range(len(kids))])
+            children[node_id] = ids
+            push(zip(ids, kids))
+        return cls(ast, text, graph_hash, children, asts, frozenset(steps))
+
+    def children(self, node_id: str) -> tuple[str, ...]:
         """Child ids of ``node_id`` in evaluation order."""
-        kids: list[str] = self.graph.graph["children"][node_id]
-        return kids
-
-    @property
-    def step_ids(self) -> frozenset[str]:
-        """Ids of the leaf steps (sql, http, sleep, waits; not break, which never checkpoints)."""
-        steps: frozenset[str] = self.graph.graph["steps"]
-        return steps
+        return self._children[node_id]
 
     def node(self, node_id: str) -> A.Node:
-        ast_node: A.Node = self.graph.graph["ast"][node_id]
-        return ast_node
+        return self._asts[node_id]
+
+    def __len__(self) -> int:
+        """The number of nodes."""
+        return len(self._asts)
+
+    @functools.cached_property
+    def graph(self) -> nx.DiGraph:
+        """The flow as a networkx DiGraph (see :func:`build_graph`), built on first use."""
+        return build_graph(self.ast)
 
     def label(self, node_id: str) -> str:
         """A short description of the node, for explain and the stored graph."""
@@ -59,7 +92,7 @@ class FlowGraph:
         return {
             "root": ROOT,
             "nodes": [
-                {"id": n, "kind": d["kind"], "label": self.label(n)} for n, d in self.graph.nodes(data=True)
+                {"id": n, "kind": A.kind_of(node), "label": _label(node)} for n, node in self._asts.items()
             ],
         }
 
@@ -78,28 +111,19 @@ def _label(node: A.Node) -> str:
 
 
 def build_graph(ast: A.Node) -> nx.DiGraph:
-    """The DiGraph of ``ast``: one node per AST node (attributes ``kind`` and ``depth``), edges
-    parent -> child with ``order``. The AST of each node is in ``graph.graph["ast"]``."""
+    """The DiGraph of ``ast``: one node per AST node (attributes ``kind``, ``depth`` and
+    ``ast``), edges parent -> child with their ``order``."""
     nodes: list[tuple[str, dict[str, Any]]] = []
     edges: list[tuple[str, str, dict[str, int]]] = []
-    children: dict[str, list[str]] = {}
-    asts: dict[str, A.Node] = {}
-    steps: set[str] = set()
     stack: list[tuple[str, A.Node, int]] = [(ROOT, ast, 0)]
     while stack:
         node_id, node, depth = stack.pop()
-        kind = A.kind_of(node)
-        nodes.append((node_id, {"kind": kind, "depth": depth}))
-        asts[node_id] = node
-        if isinstance(node, A.STEP_KINDS) and kind != "break":
-            steps.add(node_id)
-        kids = A.children(node)
-        ids = [f"{node_id}.{i}" for i in range(len(kids))]
-        children[node_id] = ids
-        for i, kid_id in enumerate(ids):
+        nodes.append((node_id, {"kind": A.kind_of(node), "depth": depth, "ast": node}))
+        for i, kid in enumerate(A.children(node)):
+            kid_id = f"{node_id}.{i}"
             edges.append((node_id, kid_id, {"order": i}))
-            stack.append((kid_id, kids[i], depth + 1))
-    graph = nx.DiGraph(children=children, ast=asts, steps=frozenset(steps))
+            stack.append((kid_id, kid, depth + 1))
+    graph = nx.DiGraph()
     graph.add_nodes_from(nodes)  # in bulk: several times faster than one call per node
     graph.add_edges_from(edges)
     return graph
@@ -202,24 +226,74 @@ def _walk(node: A.Node) -> list[A.Node]:
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(source: str, validated: bool) -> FlowGraph:
-    ast = parse(source)
-    if not validated:
-        validate(ast, source)
-    text = to_text(ast)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return FlowGraph(ast=ast, text=text, graph=build_graph(ast), graph_hash=digest)
+class FlowCache:
+    """Recently compiled flows, least recently used first out, bounded by their total nodes.
+
+    Compiled flows are immutable, so a process that runs the same flow again (a worker, a
+    resume, dbt threads) reuses the graph instead of parsing it again.
+    """
+
+    def __init__(self, max_nodes: int):
+        self.max_nodes = max_nodes
+        self._flows: OrderedDict[tuple[str, str], FlowGraph] = OrderedDict()
+        self._nodes = 0
+
+    def get(self, key: tuple[str, str]) -> FlowGraph | None:
+        flow = self._flows.get(key)
+        if flow is not None:
+            self._flows.move_to_end(key)
+        return flow
+
+    def put(self, key: tuple[str, str], flow: FlowGraph) -> FlowGraph:
+        if key not in self._flows:
+            self._flows[key] = flow
+            self._nodes += len(flow)
+            while self._nodes > self.max_nodes and len(self._flows) > 1:
+                _, old = self._flows.popitem(last=False)
+                self._nodes -= len(old)
+        return flow
+
+    def cache_clear(self) -> None:
+        """Forget every flow (benchmarks use it to measure what a new process pays)."""
+        self._flows.clear()
+        self._nodes = 0
+
+
+# About 1 KB per node (AST and index), so at most ~2 GB in a long-lived worker.
+recent = FlowCache(max_nodes=2_000_000)
 
 
 def compile_flow(source: str, origin: str = "<flow>", validated: bool = False) -> FlowGraph:
-    """Parse, validate and build the graph of flow text. Raises :class:`FlowError`.
+    """Parse, validate and index flow text. Raises :class:`FlowError`.
 
     ``validated``: the text was validated before (a stored run), so validation is skipped.
     """
-    # Compiled flows are immutable, so a process that runs the same flow again (a worker, a
-    # resume, dbt threads) reuses the graph instead of parsing it again.
+    key = ("text" if validated else "valid-text", source)
+    flow = recent.get(key)
+    if flow is not None:
+        return flow
     try:
-        return _compiled(source, validated)
+        ast = parse(source)
+        if not validated:
+            validate(ast, source)
     except FlowError as exc:
         raise exc if origin == exc.origin else exc.relocate(origin) from None
+    text = to_text(ast)
+    flow = FlowGraph.of(ast, text, hashlib.sha256(text.encode()).hexdigest())
+    recent.put(("hash", flow.graph_hash), flow)
+    recent.put(("text", source), flow)
+    return recent.put(key, flow)
+
+
+def stored_flow(graph_hash: str) -> FlowGraph | None:
+    """The compiled flow with this hash, if this process has compiled or loaded it."""
+    return recent.get(("hash", graph_hash))
+
+
+def load_flow(plan: Any, text: str, graph_hash: str) -> FlowGraph:
+    """The flow of a stored run: decoded from its plan, or (a run stored before plans
+    existed) compiled from its canonical text without validating it again."""
+    ast = plan_format.decode(plan)
+    if ast is None:
+        return compile_flow(text, validated=True)
+    return recent.put(("hash", graph_hash), FlowGraph.of(ast, text, graph_hash))

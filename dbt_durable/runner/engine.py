@@ -37,7 +37,7 @@ from dbt_durable.errors import (
 from dbt_durable.flow import ast as A
 from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
-from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow
+from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow, load_flow, stored_flow
 from dbt_durable.runner import faults, lease, results, steps
 from dbt_durable.runner.http import EgressDenied, RequestInvalid, SecretValues
 from dbt_durable.runner.lane import Lane, Uncertain
@@ -248,7 +248,7 @@ class RunExecution:
             if got is None:
                 return Outcome(self.run_id, row[6], row[11], row[12], row[13])
             is_build = row[18] == "dbt_build"
-            flow = compile_flow("'SELECT 1'" if is_build else row[3], f"run {self.run_id}", validated=True)
+            flow = compile_flow("'SELECT 1'", validated=True) if is_build else await self._load_flow(ctl, row)
             progress = await self._load_progress(ctl)
             self.build_target = dict(row[19] or {}) if is_build else None
             self.flow_name = row[1]
@@ -289,6 +289,15 @@ class RunExecution:
                     await lease.release(ctl, self.q, s.schema, self.run_id)
                 except psycopg.Error:
                     pass
+
+    async def _load_flow(self, ctl: psycopg.AsyncConnection, row: Any) -> FlowGraph:
+        """The run's own graph version: from this process's cache, else from its stored plan."""
+        flow = stored_flow(row[4])
+        if flow is None:
+            cur = await ctl.execute(self.q.load_plan, (self.run_id,))
+            plan = await cur.fetchone()
+            flow = load_flow(plan[0] if plan else None, row[3], row[4])
+        return flow
 
     async def _load_progress(self, ctl: psycopg.AsyncConnection) -> dict[str, NodeProgress]:
         cur = await ctl.execute(self.q.load_progress, (self.run_id,))

@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from dbt_durable.errors import ConfigError
 from dbt_durable.graph.build import compile_flow
 from dbt_durable.store.queries import Queries
+from dbt_durable.store.runs import new_run_params
 
 ON_TIME_S = 60.0
 CATCHUP = ("none", "latest", "all")
@@ -122,16 +123,6 @@ async def _create_slot_run(
         cur = await conn.execute(q.insert_build_run, params)
     else:
         flow = compile_flow(str(target["flow"]), f"schedule {name}")
-        cur = await conn.execute(
-            q.insert_run,
-            {
-                "flow_name": flow_name,
-                "run_key": slot.isoformat(),
-                "flow_text": flow.text,
-                "graph": Jsonb(flow.to_json()),
-                "graph_hash": flow.graph_hash,
-                "vars": Jsonb(vars),
-            },
-        )
+        cur = await conn.execute(q.insert_run, new_run_params(flow, flow_name, slot.isoformat(), vars))
     row = await cur.fetchone()
     return str(row[0]) if row else None

@@ -10,8 +10,8 @@ from __future__ import annotations
 from psycopg import sql
 
 INSERT_RUN = """
-INSERT INTO {s}.runs (flow_name, run_key, flow_text, graph, graph_hash, vars, status)
-VALUES (%(flow_name)s, %(run_key)s, %(flow_text)s, %(graph)s, %(graph_hash)s, %(vars)s, 'pending')
+INSERT INTO {s}.runs (flow_name, run_key, flow_text, graph, graph_hash, plan, vars, status)
+VALUES (%(flow_name)s, %(run_key)s, %(flow_text)s, %(graph)s, %(graph_hash)s, %(plan)s, %(vars)s, 'pending')
 ON CONFLICT (flow_name, run_key) WHERE run_key IS NOT NULL DO NOTHING
 RETURNING run_id
 """
@@ -62,6 +62,8 @@ RUN_NODES = """
 SELECT exec_key, node_id, kind, status, attempts, result, error, wake_at, started_at, finished_at
   FROM {s}.nodes WHERE run_id = %s ORDER BY started_at, exec_key
 """
+
+LOAD_PLAN = "SELECT plan FROM {s}.runs WHERE run_id = %s"
 
 # Resume loads what is done (results) and what is parked (durable timers).
 LOAD_PROGRESS = """

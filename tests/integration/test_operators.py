@@ -295,6 +295,54 @@ def test_psql_functions_status_result_progress(space: Space) -> None:
 
 def test_migrations_are_idempotent_and_recorded(space: Space) -> None:
     client = space.client()
-    assert client.migrate() == ["0001_state.sql", "0002_worker.sql", "0003_isolation.sql", "0004_claims.sql"]
+    assert client.migrate() == [
+        "0001_state.sql",
+        "0002_worker.sql",
+        "0003_isolation.sql",
+        "0004_claims.sql",
+        "0005_plans.sql",
+    ]
     assert client.migrate() == []
-    assert space.query("SELECT version FROM {state}.schema_version ORDER BY 1") == [(1,), (2,), (3,), (4,)]
+    assert space.query("SELECT version FROM {state}.schema_version ORDER BY 1") == [
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+        (5,),
+    ]
+
+
+def test_a_resume_in_a_new_process_runs_from_the_stored_plan(space: Space) -> None:
+    from dbt_durable.graph.build import recent
+
+    space.query("CREATE TABLE gate (x int)")
+    space.query("CREATE TABLE effects (step text)")
+    flow = (
+        "'INSERT INTO effects VALUES (''a'')' ~> 'SELECT 1 / (SELECT count(*) FROM gate)'"
+        " ~> 'INSERT INTO effects VALUES (''b'')'"
+    )
+    client = space.client()
+    started = client.start(flow)
+    assert started.outcome is not None and started.outcome.status == "failed"
+    assert space.query("SELECT plan->'root'->>'kind' FROM {state}.runs") == [("seq",)]
+    # The plan alone is enough: with the stored text made unparsable and no compiled flow in
+    # this process, the run still resumes where it failed.
+    space.query("UPDATE {state}.runs SET flow_text = 'not a flow ((('")
+    space.query("INSERT INTO gate VALUES (1)")
+    recent.cache_clear()
+    out = client.resume(started.run_id)
+    assert (out.status, out.executed, out.skipped) == ("completed", 2, 1)
+    assert space.query("SELECT step FROM effects ORDER BY step") == [("a",), ("b",)]
+
+
+def test_a_run_stored_without_a_plan_resumes_from_its_text(space: Space) -> None:
+    from dbt_durable.graph.build import recent
+
+    space.query("CREATE TABLE gate (x int)")
+    client = space.client()
+    started = client.start("'SELECT 1' ~> 'SELECT 1 / (SELECT count(*) FROM gate)'")
+    space.query("UPDATE {state}.runs SET plan = NULL")
+    space.query("INSERT INTO gate VALUES (1)")
+    recent.cache_clear()
+    out = client.resume(started.run_id)
+    assert (out.status, out.executed, out.skipped) == ("completed", 1, 1)

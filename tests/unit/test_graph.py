@@ -24,7 +24,7 @@ def test_graph_is_a_tree_rooted_at_0_with_ordered_children() -> None:
     flow = compile_flow(FLOW)
     assert isinstance(flow.graph, nx.DiGraph)
     assert nx.is_arborescence(flow.graph)
-    assert flow.children("0") == ["0.0", "0.1", "0.2", "0.3"]
+    assert flow.children("0") == ("0.0", "0.1", "0.2", "0.3")
     assert [flow.graph.edges["0", k]["order"] for k in flow.children("0")] == [0, 1, 2, 3]
     assert flow.graph.nodes["0.1"]["kind"] == "join"
     assert flow.graph.nodes["0.0.0"]["kind"] == "sql"
