@@ -77,6 +77,7 @@ async def claim(
     if old_owner and old_owner != owner:
         await ctl.execute(q.terminate_owner, (APP_PREFIX + old_owner,))
     async with ctl.transaction():
+        await ctl.execute(q.fence_takeover, (run_id,))
         cur = await ctl.execute(q.lock_run, (run_id,))
         locked = await cur.fetchone()
         assert locked is not None

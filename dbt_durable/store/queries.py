@@ -82,6 +82,10 @@ SELECT count(pg_terminate_backend(pid, 5000))
  WHERE application_name = %s AND pid <> pg_backend_pid()
 """
 
+# The first statement of a takeover: the exclusive side of the checkpoint fence (the key is the
+# one in runtime/migrations/0006_advisory_fence.sql), so in-flight checkpoints commit first.
+FENCE_TAKEOVER = "SELECT pg_advisory_xact_lock(1684174884, hashtext(%s::text))"
+
 LOCK_RUN = """
 SELECT status, lease_owner, cancel_requested FROM {s}.runs WHERE run_id = %s FOR UPDATE
 """

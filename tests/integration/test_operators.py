@@ -294,22 +294,22 @@ def test_psql_functions_status_result_progress(space: Space) -> None:
 
 
 def test_migrations_are_idempotent_and_recorded(space: Space) -> None:
-    client = space.client()
-    assert client.migrate() == [
+    from dbt_durable.store.migrate import migrations
+
+    shipped = migrations()
+    assert [name for _, name, _ in shipped][:6] == [
         "0001_state.sql",
         "0002_worker.sql",
         "0003_isolation.sql",
         "0004_claims.sql",
         "0005_plans.sql",
+        "0006_advisory_fence.sql",
     ]
+    client = space.client()
+    assert client.migrate() == [name for _, name, _ in shipped]
     assert client.migrate() == []
-    assert space.query("SELECT version FROM {state}.schema_version ORDER BY 1") == [
-        (1,),
-        (2,),
-        (3,),
-        (4,),
-        (5,),
-    ]
+    versions = space.query("SELECT version FROM {state}.schema_version ORDER BY 1")
+    assert versions == [(version,) for version, _, _ in shipped]
 
 
 def test_a_resume_in_a_new_process_runs_from_the_stored_plan(space: Space) -> None:
