@@ -41,6 +41,7 @@ from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow, load_flow, st
 from dbt_durable.runner import faults, lease, results, steps
 from dbt_durable.runner.http import EgressDenied, RequestInvalid, SecretValues
 from dbt_durable.runner.lane import Lane, Uncertain
+from dbt_durable.runner.steps import CheckpointWriter
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
 from dbt_durable.store.queries import Queries
 
@@ -115,6 +116,31 @@ class RunState:
     bindings: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
     executed: int = 0
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A step's options, parsed once per run execution rather than once per attempt."""
+
+    retries: int
+    backoff_s: float
+    timeout_s: float | None
+    transactional: bool  # a SQL step that runs in the lane's transaction (exactly once)
+    templated: bool  # its text may hold {var}s or $name references, so it is rendered
+
+    @classmethod
+    def of(cls, ast: A.Node) -> StepSpec:
+        # HTTP steps retry 5xx and transport errors twice unless told otherwise.
+        retries = int(ast.option("retries", 2 if isinstance(ast, A.Http) else 0) or 0)
+        timeout = ast.option("timeout")
+        text = ast.text if isinstance(ast, A.Sql) else ""
+        return cls(
+            retries=retries,
+            backoff_s=parse_duration(ast.option("backoff", 1.0) or 1.0),
+            timeout_s=parse_duration(timeout) if timeout is not None else None,
+            transactional=isinstance(ast, A.Sql) and bool(ast.option("transaction", True)),
+            templated="{" in text or "$" in text,
+        )
 
 
 def exec_key(node_id: str, iters: tuple[int, ...]) -> str:
@@ -222,6 +248,7 @@ class RunExecution:
         self.flow_name = ""
         self.build_target: dict[str, Any] | None = None
         self.run_role: str | None = None
+        self._specs: dict[str, StepSpec] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, retry_failed: bool) -> Outcome:
@@ -445,7 +472,7 @@ class RunExecution:
         caps = (self.settings.max_result_rows, self.settings.max_result_bytes)
         return Lane(
             self.engine.pool,
-            self.q.checkpoint,
+            CheckpointWriter(self.q.checkpoint, self.run_id, self.engine.owner),
             self.q.node_status,
             self.engine.types,
             self.q.type_names,
@@ -469,6 +496,8 @@ class RunExecution:
         st = self.state
         assert st is not None
         ast = st.flow.node(node_id)
+        if node_id in st.flow.step_ids:
+            return await self._leaf(node_id, iters, ast, lane)
         if isinstance(ast, A.Seq):
             result: Any = None
             replayed: NodeProgress | None = None
@@ -480,6 +509,9 @@ class RunExecution:
                         st.skipped += 1
                         replayed = done
                         continue
+                    replayed = None
+                    result = await self._leaf(kid, iters, st.flow.node(kid), lane)
+                    continue
                 replayed = None
                 result = await self.node(kid, iters, lane)
             return replayed.result if replayed is not None else result
@@ -516,6 +548,12 @@ class RunExecution:
                 except ValueError:
                     pass
             raise BreakLoop(value)
+        raise DurableError(f"cannot execute node kind {A.kind_of(ast)}")
+
+    async def _leaf(self, node_id: str, iters: tuple[int, ...], ast: A.Node, lane: Lane) -> Any:
+        """A step: its stored result if it completed before, else run it (and checkpoint it)."""
+        st = self.state
+        assert st is not None
         key = exec_key(node_id, iters)
         done = st.progress.get(key)
         if done is not None and done.status == "completed":
@@ -523,7 +561,7 @@ class RunExecution:
             return done.result
         st.executed += 1
         faults.hit("before_step", key, self.flow_name)
-        if not (isinstance(ast, A.Sql) and ast.option("transaction", True)):
+        if not self._spec(node_id, ast).transactional:
             await lane.release()
         value = await self._step(node_id, iters, key, ast, lane)
         if lane.pending_key is None:  # lane steps report after_commit when their checkpoint commits
@@ -594,11 +632,8 @@ class RunExecution:
 
     # -- steps -----------------------------------------------------------------------------
     async def _step(self, node_id: str, iters: tuple[int, ...], key: str, ast: A.Node, lane: Lane) -> Any:
-        # HTTP steps retry 5xx and transport errors twice unless told otherwise.
-        retries = int(ast.option("retries", 2 if isinstance(ast, A.Http) else 0) or 0)
-        backoff = parse_duration(ast.option("backoff", 1.0) or 1.0)
-        timeout = ast.option("timeout")
-        timeout_s = parse_duration(timeout) if timeout is not None else None
+        spec = self._spec(node_id, ast)
+        retries, backoff, timeout_s = spec.retries, spec.backoff_s, spec.timeout_s
         assert self.state is not None
         earlier = self.state.progress.get(key)  # a failed or parked execution resumes its count
         attempt = earlier.attempts if earlier is not None else 0
@@ -642,6 +677,12 @@ class RunExecution:
             await self._event(key, "node_retry", {"attempt": attempt, "error": message})
             delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
             await asyncio.sleep(delay)
+
+    def _spec(self, node_id: str, ast: A.Node) -> StepSpec:
+        spec = self._specs.get(node_id)
+        if spec is None:
+            spec = self._specs[node_id] = StepSpec.of(ast)
+        return spec
 
     async def _attempt(
         self,
@@ -700,10 +741,10 @@ class RunExecution:
         lane: Lane,
     ) -> Any:
         conn = await lane.connection()
-        text = self._substitute(ast.text, node_id, iters, attempt, conn)
-        if ast.option("transaction", True):
-            args = [self.run_id, self.engine.owner, key, node_id, "sql", attempt, None, self.engine.clock()]
-            return await lane.run(text, timeout_s, args)
+        spec = self._spec(node_id, ast)
+        text = self._substitute(ast.text, node_id, iters, attempt, conn) if spec.templated else ast.text
+        if spec.transactional:
+            return await lane.run(text, timeout_s, key, node_id, attempt, self.engine.clock())
         caps = (self.settings.max_result_rows, self.settings.max_result_bytes)
         result = await steps.run_autocommit(conn, text, timeout_s, self.engine.types, self.q.type_names, caps)
         await lane.release()

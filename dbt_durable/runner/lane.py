@@ -25,13 +25,13 @@ from dbt_durable.errors import DurableError
 from dbt_durable.runner import faults
 from dbt_durable.runner.results import build_result
 from dbt_durable.runner.steps import (
+    CheckpointWriter,
     StepSqlError,
     TypeNames,
     _describe,
-    _last_result,
-    checkpoint_statement,
     fence_error,
 )
+from dbt_durable.runner.wire import simple_query
 
 
 class Uncertain(DurableError):
@@ -48,7 +48,7 @@ class Lane:
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        checkpoint_query: str,
+        checkpoints: CheckpointWriter,
         node_status_query: str,
         types: TypeNames,
         type_query: str,
@@ -58,7 +58,7 @@ class Lane:
         role: str | None = None,
     ):
         self.pool = pool
-        self.checkpoint_query = checkpoint_query
+        self.checkpoints = checkpoints
         self.node_status_query = node_status_query
         self.types = types
         self.type_query = type_query
@@ -86,29 +86,24 @@ class Lane:
                     ) from None
         return self.conn
 
-    async def run(self, step_sql: str, timeout_s: float | None, checkpoint_args: list[Any]) -> Any:
-        """Run one transactional step, committing the previous one's checkpoint first.
+    async def run(
+        self, step_sql: str, timeout_s: float | None, key: str, node_id: str, attempt: int, started_at: Any
+    ) -> Any:
+        """Run transactional step ``key``, committing the previous one's checkpoint first.
 
-        ``checkpoint_args[6]`` is filled with the step's result. Raises
-        :class:`StepSqlError` (the step failed; the previous checkpoint is committed),
+        Raises :class:`StepSqlError` (the step failed; the previous checkpoint is committed),
         :class:`Uncertain`, or the fence's LeaseLost / RunCancelled.
         """
         conn = await self.connection()
-        head = b""
-        if self.pending is not None:
-            head = self.pending + b";COMMIT;"
-        head += b"BEGIN;"
+        head = b"BEGIN;" if self.pending is None else self.pending + b";COMMIT;BEGIN;"
         if timeout_s:
             head += f"SET LOCAL statement_timeout = {int(timeout_s * 1000)};".encode()
-        cur = conn.cursor()
         try:
-            await cur.execute(head + b"\n" + step_sql.encode())
+            res = (await simple_query(conn, head + b"\n" + step_sql.encode()))[-1]
         except psycopg.Error as exc:
             await self._after_error(exc)
             raise StepSqlError(_describe(exc), transient=conn.broken) from None
         self._committed_pending()
-        res = _last_result(cur)
-        key = checkpoint_args[2]
         faults.hit("in_step", key, self.flow_name)
         if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
             await self._rollback()
@@ -122,8 +117,7 @@ class Lane:
         except BaseException:
             await self._rollback()
             raise
-        checkpoint_args[6] = json.dumps(result)
-        self.pending = checkpoint_statement(self.checkpoint_query, tuple(checkpoint_args))
+        self.pending = self.checkpoints.statement(key, node_id, attempt, json.dumps(result), started_at)
         self.pending_key = key
         return result
 

@@ -74,6 +74,26 @@ def _text_literal(value: Any) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+class CheckpointWriter:
+    """Builds a lane's ``checkpoint_node(...)`` statements for one run and owner.
+
+    The constant literals (run id, owner) are rendered once; each checkpoint then only renders
+    its own key, attempt, result and start time.
+    """
+
+    def __init__(self, query: str, run_id: str, owner: str):
+        # query: "SELECT <schema>.checkpoint_node(%s, %s, %s, %s, %s, %s, %s, %s)"
+        head, _, _ = query.partition("%s")
+        self.prefix = f"{head}{_text_literal(run_id)}, {_text_literal(owner)}, "
+
+    def statement(self, key: str, node_id: str, attempt: int, result_json: str, started_at: Any) -> bytes:
+        """The statement that checkpoints SQL step ``key`` (its result already JSON text)."""
+        return (
+            f"{self.prefix}{_text_literal(key)}, {_text_literal(node_id)}, 'sql', {int(attempt)}, "
+            f"{_text_literal(result_json)}, {_text_literal(started_at)})"
+        ).encode()
+
+
 def checkpoint_statement(query: str, args: tuple[Any, ...]) -> bytes:
     """``query`` (with %s placeholders) with ``args`` inlined as literals.
 
