@@ -130,6 +130,8 @@ class StepSpec:
 
     @classmethod
     def of(cls, ast: A.Node) -> StepSpec:
+        if type(ast) is A.Sql and not ast.options:  # the common case
+            return _TEMPLATED_SQL if "{" in ast.text or "$" in ast.text else _PLAIN_SQL
         # HTTP steps retry 5xx and transport errors twice unless told otherwise.
         retries = int(ast.option("retries", 2 if isinstance(ast, A.Http) else 0) or 0)
         timeout = ast.option("timeout")
@@ -141,6 +143,10 @@ class StepSpec:
             transactional=isinstance(ast, A.Sql) and bool(ast.option("transaction", True)),
             templated="{" in text or "$" in text,
         )
+
+
+_PLAIN_SQL = StepSpec(retries=0, backoff_s=1.0, timeout_s=None, transactional=True, templated=False)
+_TEMPLATED_SQL = StepSpec(retries=0, backoff_s=1.0, timeout_s=None, transactional=True, templated=True)
 
 
 def exec_key(node_id: str, iters: tuple[int, ...]) -> str:

@@ -31,7 +31,7 @@ from dbt_durable.runner.steps import (
     _describe,
     fence_error,
 )
-from dbt_durable.runner.wire import simple_query
+from dbt_durable.runner.wire import Wire
 
 
 class Uncertain(DurableError):
@@ -67,6 +67,7 @@ class Lane:
         self.flow_name = flow_name
         self.role = role
         self.conn: psycopg.AsyncConnection | None = None
+        self.wire: Wire | None = None
         self._cm: AbstractAsyncContextManager[psycopg.AsyncConnection] | None = None
         self.pending: bytes | None = None  # "SELECT checkpoint_node(...)" of the open step
         self.pending_key: str | None = None
@@ -84,6 +85,7 @@ class Lane:
                     raise StepSqlError(
                         f"cannot run as role {self.role!r}, which submitted the run: {_describe(exc)}"
                     ) from None
+            self.wire = Wire(self.conn)
         return self.conn
 
     async def run(
@@ -98,8 +100,9 @@ class Lane:
         head = b"BEGIN;" if self.pending is None else self.pending + b";COMMIT;BEGIN;"
         if timeout_s:
             head += f"SET LOCAL statement_timeout = {int(timeout_s * 1000)};".encode()
+        assert self.wire is not None
         try:
-            res = (await simple_query(conn, head + b"\n" + step_sql.encode()))[-1]
+            res = (await self.wire.query(head + b"\n" + step_sql.encode()))[-1]
         except psycopg.Error as exc:
             await self._after_error(exc)
             raise StepSqlError(_describe(exc), transient=conn.broken) from None
@@ -112,7 +115,9 @@ class Lane:
                 "mark it with (transaction=false) if that is intended"
             )
         try:
-            await self.types.ensure(conn, res, self.type_query)
+            if self.types.missing(res):
+                self.wire.detach()  # psycopg is about to use the connection
+                await self.types.ensure(conn, res, self.type_query)
             result = build_result(res, self.types.names, *self.caps)
         except BaseException:
             await self._rollback()
@@ -123,10 +128,10 @@ class Lane:
 
     async def flush(self) -> None:
         """Commit the pending checkpoint (and with it the open step's effects)."""
-        if self.pending is None or self.conn is None:
+        if self.pending is None or self.wire is None:
             return
         try:
-            await self.conn.execute(self.pending + b";COMMIT")
+            await self.wire.query(self.pending + b";COMMIT")
         except psycopg.Error as exc:
             await self._after_error(exc)
             raise Uncertain(
@@ -142,6 +147,9 @@ class Lane:
     async def discard(self) -> None:
         """Give the connection back without committing (an open step rolls back)."""
         self.pending = self.pending_key = None
+        if self.wire is not None:
+            self.wire.detach()
+            self.wire = None
         if self._cm is not None:
             cm, conn, self._cm, self.conn = self._cm, self.conn, None, None
             if self.role and conn is not None and not conn.broken:
@@ -159,6 +167,8 @@ class Lane:
 
     async def _after_error(self, exc: psycopg.Error) -> None:
         """After a failed round trip: did the pending checkpoint commit? Raise if unsure."""
+        if self.wire is not None:
+            self.wire.detach()
         fenced = fence_error(exc)
         if fenced is not None:
             await self.discard()
@@ -184,6 +194,8 @@ class Lane:
         faults.hit("after_commit", key, self.flow_name)
 
     async def _rollback(self) -> None:
+        if self.wire is not None:
+            self.wire.detach()
         conn = self.conn
         if conn is None or conn.broken:
             await self.discard()

@@ -33,10 +33,15 @@ class TypeNames:
     def __init__(self) -> None:
         self.names: dict[int, str] = {}
 
-    async def ensure(self, conn: psycopg.AsyncConnection, res: pq.abc.PGresult | None, query: str) -> None:
+    def missing(self, res: pq.abc.PGresult | None) -> list[int]:
+        """Type oids of ``res``'s columns whose names are not known yet."""
         if res is None or res.status != pq.ExecStatus.TUPLES_OK:
-            return
-        missing = [res.ftype(i) for i in range(res.nfields) if res.ftype(i) not in self.names]
+            return []
+        return [oid for oid in map(res.ftype, range(res.nfields)) if oid not in self.names]
+
+    async def ensure(self, conn: psycopg.AsyncConnection, res: pq.abc.PGresult | None, query: str) -> None:
+        """Learn the names of ``res``'s column types (one query, only for unknown oids)."""
+        missing = self.missing(res)
         if missing:
             cur = await conn.execute(query, (missing,))
             self.names.update({oid: name for oid, name in await cur.fetchall()})

@@ -1,10 +1,11 @@
-"""One simple-protocol round trip on an async psycopg connection, driven through ``psycopg.pq``.
+"""One lane's simple-protocol round trips, driven through ``psycopg.pq`` (libpq) directly.
 
 A lane sends one string per step (previous checkpoint, COMMIT, BEGIN, the step). Going
-through ``AsyncCursor.execute`` costs about 35 µs of CPU and 50 µs of wall time per round
-trip more than driving libpq directly (a timer, a write poll and cursor bookkeeping per
-call; measured in docs/BENCHMARKS.md), which is a tenth of a step. This module does only
-that round trip, with psycopg's own semantics where they matter:
+through ``AsyncCursor.execute`` costs about 35 µs of CPU and 50 µs of wall time more per
+round trip than driving libpq directly (a timer, a write poll, cursor bookkeeping), which is
+a tenth of a step; registering the socket with the event loop for each round trip costs two
+more system calls. A :class:`Wire` does only that round trip, with psycopg's semantics where
+they matter:
 
 - errors are psycopg's exception classes (``sqlstate``, ``diag``), raised for the first
   failed statement (the server runs none after it);
@@ -16,6 +17,7 @@ that round trip, with psycopg's own semantics where they matter:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import psycopg
 from psycopg import errors, pq
@@ -23,30 +25,70 @@ from psycopg import errors, pq
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
 
 
-async def simple_query(conn: psycopg.AsyncConnection, query: bytes) -> list[pq.abc.PGresult]:
-    """Send ``query`` (one or more statements) and return the result of each statement."""
-    async with conn.lock:
+class Wire:
+    """Round trips on one connection. While attached (from the first :meth:`query` on), the
+    event loop watches the connection's socket for this wire alone: call :meth:`detach` before
+    anything else uses the connection (psycopg watches the same socket itself) and before the
+    connection goes back to the pool or is closed."""
+
+    def __init__(self, conn: psycopg.AsyncConnection):
+        self.conn = conn
+        self._fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def query(self, query: bytes) -> list[pq.abc.PGresult]:
+        """Send ``query`` (one or more statements) and return the result of each statement."""
+        conn = self.conn
         pgconn = conn.pgconn
+        async with conn.lock:
+            try:
+                pgconn.send_query(query)
+                while pgconn.flush():
+                    await _ready(pgconn.socket, writing=True)
+                results = await _results(pgconn, self._readable)
+            except asyncio.CancelledError:
+                self.detach()
+                await _cancel_and_drain(conn)
+                raise
+            except BaseException:
+                self.detach()
+                raise
+        for res in results:
+            if res.status not in _OK:
+                raise errors.error_from_result(res, encoding=conn.info.encoding)
+        return results
+
+    def detach(self) -> None:
+        """Stop watching the socket (idempotent); the next :meth:`query` watches it again."""
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        self._fd = self._loop = self._waiter = None
+
+    async def _readable(self) -> None:
+        if self._fd is None:
+            self._loop = asyncio.get_running_loop()
+            self._fd = self.conn.pgconn.socket
+            self._loop.add_reader(self._fd, self._wake)
+        assert self._loop is not None
+        self._waiter = self._loop.create_future()
         try:
-            pgconn.send_query(query)
-            while pgconn.flush():
-                await _ready(pgconn.socket, writing=True)
-            results = await _results(pgconn)
-        except asyncio.CancelledError:
-            await _cancel_and_drain(conn)
-            raise
-    for res in results:
-        if res.status not in _OK:
-            raise errors.error_from_result(res, encoding=conn.info.encoding)
-    return results
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
-async def _results(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
+async def _results(pgconn: pq.abc.PGconn, readable: Callable[[], Awaitable[None]]) -> list[pq.abc.PGresult]:
     results: list[pq.abc.PGresult] = []
     while True:
         pgconn.consume_input()
         if pgconn.is_busy():
-            await _ready(pgconn.socket, writing=False)
+            await readable()
             continue
         res = pgconn.get_result()
         if res is None:
@@ -55,6 +97,7 @@ async def _results(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
 
 
 async def _ready(fileno: int, writing: bool) -> None:
+    """Wait once for ``fileno`` to be writable (or readable), registering it for this wait only."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     (loop.add_writer if writing else loop.add_reader)(fileno, _wake, ready)
@@ -76,10 +119,11 @@ async def _cancel_and_drain(conn: psycopg.AsyncConnection) -> None:
         return
     try:
         await asyncio.shield(_cancel_then_read(conn))
-    except (psycopg.Error, OSError, asyncio.CancelledError):
+    except (psycopg.Error, OSError, asyncio.CancelledError, TimeoutError):
         await conn.close()  # the pool discards a closed connection
 
 
 async def _cancel_then_read(conn: psycopg.AsyncConnection) -> None:
     await conn.cancel_safe(timeout=5.0)
-    await asyncio.wait_for(_results(conn.pgconn), timeout=10.0)
+    socket = conn.pgconn.socket
+    await asyncio.wait_for(_results(conn.pgconn, lambda: _ready(socket, writing=False)), timeout=10.0)
