@@ -21,7 +21,7 @@ from pathlib import Path
 from bench import dbt_build, fanout, planning, report, resume, scenarios, sqlcost, workers
 from bench.db import database, machine_facts
 from bench.result import Bench, ScenarioResult
-from bench.sizes import pick
+from bench.sizes import Sizes, pick
 
 SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "per_node": scenarios.per_node,
@@ -34,15 +34,16 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "worker": workers.worker_throughput,
 }
 
-# The headline metrics of each scenario, set to null with the error if the scenario breaks.
-PRODUCES: dict[str, list[str]] = {
+# The headline metrics of each scenario, set to null with the error if the scenario breaks
+# (a function of the sizes where the keys name the sizes).
+PRODUCES: dict[str, list[str] | Callable[[Sizes], list[str]]] = {
     "per_node": ["per_node_ratio_vs_raw_commit", "per_node_ratio_with_start_vs_raw_commit"],
     "checkpoint_sql": ["sql_checkpoint_fn_us"],
     "dbos": scenarios.DBOS_METRICS,
     "fanout": ["fanout_efficiency"],
     "graph": ["graph_10k_plan_s", "graph_100k_plan_s", "graph_100k_peak_mb"],
     "resume": ["resume_ratio"],
-    "dbt_build": dbt_build.METRICS,
+    "dbt_build": dbt_build.metrics,
     "worker": workers.METRICS,
 }
 
@@ -59,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def produces(name: str, sizes: Sizes) -> list[str]:
+    """The headline keys of scenario ``name`` at these sizes."""
+    keys = PRODUCES[name]
+    return keys(sizes) if callable(keys) else keys
+
+
 def run_one(b: Bench, name: str) -> ScenarioResult:
     start = time.perf_counter()
     b.log(f"[{name}] starting")
@@ -67,7 +74,7 @@ def run_one(b: Bench, name: str) -> ScenarioResult:
     except Exception as exc:  # one broken scenario must not lose the others' figures
         traceback.print_exc(file=sys.stderr)
         res = ScenarioResult(name)
-        res.skip(PRODUCES[name], f"error: {type(exc).__name__}: {exc}")
+        res.skip(produces(name, b.sizes), f"error: {type(exc).__name__}: {exc}")
     res.elapsed_s = time.perf_counter() - start
     report.print_scenario(sys.stdout, res)
     return res

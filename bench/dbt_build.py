@@ -1,4 +1,4 @@
-"""Durable dbt builds: ``client.start_build`` + ``client.resume`` vs a plain ``dbt build``."""
+"""Durable dbt builds (``client.start_build`` + ``client.resume``) vs a plain ``dbt build``, per size."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from psycopg import conninfo
 
@@ -16,12 +18,19 @@ from bench.db import drop_schemas
 from bench.pending import missing
 from bench.result import Bench, ScenarioResult
 from bench.scenarios import expect
-from bench.stats import paired_ratios, timed
+from bench.sizes import Sizes
+from bench.stats import Samples, paired_ratios, sides, timed
 from dbt_durable.api import Client
 from dbt_durable.config import Settings
 
-METRICS = ["dbt_build_overhead"]
+METRIC = "dbt_build_overhead"  # the worst (largest) ratio over the project sizes
 TARGET_SCHEMA = "bench_dbt"
+STATE_SCHEMA = "bench_dbt_state"
+
+
+def metrics(sizes: Sizes) -> list[str]:
+    """The keys this scenario reports in this mode: the headline, then one per project size."""
+    return [METRIC, *(f"{METRIC}_{models}" for models in sizes.dbt_models)]
 
 
 def _profile(dsn: str) -> str:
@@ -72,42 +81,55 @@ def dbt_build(folder: Path) -> None:
         raise RuntimeError(f"dbt build failed ({done.returncode}): {done.stdout[-1500:]}")
 
 
+def _durable_build(client: Client, target: dict[str, Any], name: str, models: int) -> None:
+    """``client.start_build`` + ``client.resume``: one dbt subprocess, a checkpoint per model."""
+    started = client.start_build(target, name)
+    expect(client.resume(started.run_id), "completed", models)
+
+
+def _pairs(b: Bench, res: ScenarioResult, models: int) -> Samples:
+    """``dbt_reps`` side-by-side pairs on a fresh ``models``-model project; the per-pair ratios."""
+    drop_schemas(b.dsn, STATE_SCHEMA, TARGET_SCHEMA)  # every size starts from empty schemas
+    client = Client(Settings(dsn=b.dsn, schema=STATE_SCHEMA))
+    durable_key, plain_key = f"durable_build_s_{models}", f"dbt_build_s_{models}"
+    with project(b.dsn, models) as folder:
+        target = {"args": [], "project_dir": str(folder), "profiles_dir": str(folder)}
+        if b.sizes.dbt_warmup:
+            dbt_build(folder)  # dbt's partial-parse cache, the schema, the OS's file cache
+        for rep in range(b.sizes.dbt_reps):
+            for side in sides(rep, "durable", "plain"):
+                if side == "plain":
+                    res.sample(plain_key, timed(lambda: dbt_build(folder))[0])
+                else:
+                    durable = partial(_durable_build, client, target, f"bench_build_{models}_{rep}", models)
+                    res.sample(durable_key, timed(durable)[0])
+            d, p = res.stats[durable_key].values[-1], res.stats[plain_key].values[-1]
+            b.log(
+                f"[dbt_build] {models} models, rep {rep + 1}/{b.sizes.dbt_reps}: durable build {d:.2f}s, "
+                f"dbt build {p:.2f}s, ratio {d / p:.3f}"
+            )
+    return paired_ratios(res.stats[durable_key], res.stats[plain_key])
+
+
 def dbt_build_overhead(b: Bench) -> ScenarioResult:
-    n = b.sizes.dbt_models
-    res = ScenarioResult("dbt_build", params={"models": n, "threads": 4})
-    if missing(res, "build", METRICS):
-        b.log("[dbt_build] dbt_build_overhead: null (not implemented yet)")
+    """Durable build ÷ plain ``dbt build`` per project size; the headline is the worst size."""
+    keys = metrics(b.sizes)
+    res = ScenarioResult(
+        "dbt_build", params={"models": list(b.sizes.dbt_models), "threads": 4, "reps": b.sizes.dbt_reps}
+    )
+    if missing(res, "build", keys):
+        b.log(f"[dbt_build] {METRIC}: null (not implemented yet)")
         return res
-    if n == 0:
-        res.skip(METRICS, f"skipped in --{b.sizes.mode}: dbt's own start-up takes seconds per build")
-        b.log(f"[dbt_build] {res.reasons[METRICS[0]]}")
+    if not b.sizes.dbt_models:
+        res.skip(keys, f"skipped in --{b.sizes.mode}: dbt's own start-up takes seconds per build")
+        b.log(f"[dbt_build] {res.reasons[METRIC]}")
         return res
-    state = "bench_dbt_state"
-    client = Client(Settings(dsn=b.dsn, schema=state))
     try:
-        with project(b.dsn, n) as folder:
-            target = {"args": [], "project_dir": str(folder), "profiles_dir": str(folder)}
-            if b.sizes.dbt_warmup:
-                dbt_build(folder)  # dbt's partial-parse cache, the schema, the OS's file cache
-            for rep in range(b.sizes.reps):
-                sides = ["durable", "plain"] if rep % 2 == 0 else ["plain", "durable"]
-                for side in sides:
-                    if side == "plain":
-                        res.sample("dbt_build_s", timed(lambda: dbt_build(folder))[0])
-                        continue
-
-                    def durable(name: str = f"bench_build_{rep}") -> None:
-                        started = client.start_build(target, name)
-                        expect(client.resume(started.run_id), "completed", n)
-
-                    res.sample("durable_build_s", timed(durable)[0])
-                d, p = res.stats["durable_build_s"].values[-1], res.stats["dbt_build_s"].values[-1]
-                b.log(
-                    f"[dbt_build] rep {rep + 1}/{b.sizes.reps}: durable build {d:.2f}s, "
-                    f"dbt build {p:.2f}s, ratio {d / p:.3f}"
-                )
+        for models in b.sizes.dbt_models:
+            ratios = _pairs(b, res, models)
+            res.stats[f"ratio_{models}"] = ratios
+            res.metrics[f"{METRIC}_{models}"] = ratios.median
     finally:
-        drop_schemas(b.dsn, state, TARGET_SCHEMA)
-    res.stats["ratio"] = paired_ratios(res.stats["durable_build_s"], res.stats["dbt_build_s"])
-    res.metrics["dbt_build_overhead"] = res.stats["ratio"].median
+        drop_schemas(b.dsn, STATE_SCHEMA, TARGET_SCHEMA)
+    res.metrics[METRIC] = max(res.stats[f"ratio_{models}"].median for models in b.sizes.dbt_models)
     return res

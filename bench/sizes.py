@@ -21,10 +21,10 @@ class Sizes:
     graph_small_n: int  # "10k" plan
     graph_large_n: int  # "100k" plan
     resume_n: int  # nodes in the run resumed with one node left
-    dbt_models: int  # models in the generated dbt project (0: skip the dbt scenario)
-    dbt_warmup: bool  # one untimed dbt build first (dbt's partial-parse cache)
-    worker_runs: int  # queued runs drained by a worker
-    worker_run_nodes: int  # trivial nodes per queued run
+    dbt_models: tuple[int, ...]  # a generated dbt project of each size (empty: skip the dbt scenario)
+    dbt_reps: int  # repetitions of each dbt build pair (>= 3; a 200-model build takes ~10 s)
+    dbt_warmup: bool  # one untimed dbt build of each project first (dbt's partial-parse cache)
+    worker_runs: int  # queued one-node runs drained by the worker processes
     warmup: bool  # one untimed run of each side before measuring
 
     def as_dict(self) -> dict[str, Any]:
@@ -43,10 +43,10 @@ FULL = Sizes(
     graph_small_n=10_000,
     graph_large_n=100_000,
     resume_n=10_000,
-    dbt_models=20,
+    dbt_models=(50, 200),
+    dbt_reps=3,
     dbt_warmup=True,
-    worker_runs=100,
-    worker_run_nodes=5,
+    worker_runs=2000,
     warmup=True,
 )
 
@@ -62,10 +62,10 @@ QUICK = Sizes(
     graph_small_n=5_000,
     graph_large_n=15_000,
     resume_n=2_000,
-    dbt_models=5,
+    dbt_models=(10,),
+    dbt_reps=3,
     dbt_warmup=False,
-    worker_runs=50,
-    worker_run_nodes=5,
+    worker_runs=500,
     warmup=True,
 )
 
@@ -81,10 +81,10 @@ TINY = Sizes(
     graph_small_n=500,
     graph_large_n=2_000,
     resume_n=200,
-    dbt_models=0,
+    dbt_models=(),
+    dbt_reps=3,
     dbt_warmup=False,
-    worker_runs=8,
-    worker_run_nodes=3,
+    worker_runs=40,
     warmup=False,
 )
 

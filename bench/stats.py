@@ -36,6 +36,18 @@ class Samples:
         }
 
 
+def sides(rep: int, first: str, second: str) -> tuple[str, str]:
+    """The order of a side-by-side pair in repetition ``rep``: the side that goes first alternates."""
+    return (first, second) if rep % 2 == 0 else (second, first)
+
+
+def percentile(values: list[float], pct: int) -> float:
+    """The ``pct``-th percentile (1-99) of ``values``, interpolated between the closest ranks."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
 def timed(func: Callable[[], T]) -> tuple[float, T]:
     """Wall time of ``func()`` (after a GC, so one sample does not pay for another's garbage)."""
     gc.collect()

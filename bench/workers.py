@@ -1,82 +1,214 @@
-"""Worker throughput: queued runs drained by one ``Worker`` vs the same runs resumed one by one."""
+"""Worker throughput: worker processes drain queued one-node runs vs the raw-commit loop."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from psycopg import sql
 
 from bench import flows
-from bench.db import drop_schemas
+from bench.baselines import RawCommitLoop
+from bench.db import connect, drop_schemas, fresh_schema
 from bench.pending import missing
 from bench.result import Bench, ScenarioResult
-from bench.scenarios import expect
-from bench.stats import paired_ratios, timed
+from bench.stats import paired_ratios, percentile, sides, timed
 from dbt_durable.api import Client
 from dbt_durable.config import Settings
+from dbt_durable.graph.build import compile_flow
+from dbt_durable.store.queries import Queries
+from dbt_durable.store.runs import new_run_params
 
-METRICS = ["worker_throughput_ratio"]
-RUNS_AT_ONCE = 4
+METRICS = [
+    "worker_throughput_ratio",
+    "worker_runs_per_s",
+    "worker_claim_latency_p50_ms",
+    "worker_claim_latency_p95_ms",
+]
+PROCESSES = 4
+RUNS_AT_ONCE = 4  # per process: the default of `dbt-durable worker`
+STATE_SCHEMA, WORK_SCHEMA = "bench_worker", "bench_worker_raw"
+REPO = Path(__file__).resolve().parents[1]
+EXIT_TIMEOUT_S = 600.0
+LOG_TAIL_CHARS = 1500
 
 
-def _queue(client: Client, flow: str, runs: int) -> list[str]:
-    return [client.start(flow, wait=False).run_id for _ in range(runs)]
+@dataclass(frozen=True)
+class Drain:
+    """One drain of the queue by the worker processes."""
+
+    wall_s: float  # from spawning the processes to the last exit: start-up included
+    drain_s: float  # max(finished_at) - min(started_at) of the runs (the server's clock)
+    claim_latencies_s: list[float]  # every claim that returned a run, of every process
+    runs_per_process: list[int]
 
 
-def _drain(settings: Settings) -> dict[str, int]:
-    from dbt_durable.runner.worker import Worker
+def queue(settings: Settings, runs: int) -> None:
+    """A fresh state schema holding ``runs`` pending runs of ``'SELECT 1'``.
 
-    async def go() -> dict[str, int]:
-        worker = Worker(settings, runs_at_once=RUNS_AT_ONCE, poll_s=0.2, once=True)
-        stats = await worker.run()
-        return dict(stats.finished)
+    Each row is what ``client.start(flow, wait=False)`` inserts (``new_run_params`` and
+    ``Queries.insert_run``, without the ``run_created`` event), all in one transaction.
+    """
+    drop_schemas(settings.dsn, settings.schema)
+    Client(settings).migrate()
+    params = new_run_params(compile_flow(flows.TRIVIAL), "bench_worker", None, {})
+    with connect(settings.dsn) as conn, conn.transaction():
+        conn.cursor().executemany(Queries(settings.schema).insert_run, [params] * runs)
 
-    return asyncio.run(go())
+
+def _spawn(settings: Settings, out: Path, log: IO[str]) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "bench.worker_process", settings.dsn, settings.schema]
+    cmd += [str(RUNS_AT_ONCE), str(out)]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+    )
+
+
+def _tail(log: IO[str]) -> str:
+    log.seek(0)
+    return log.read()[-LOG_TAIL_CHARS:]
+
+
+def _failure(proc: subprocess.Popen[str], log: IO[str], what: str) -> RuntimeError:
+    return RuntimeError(f"worker process {proc.pid} {what}: {_tail(log)}")
+
+
+def _run_processes(settings: Settings, folder: Path) -> list[dict[str, Any]]:
+    """Start ``PROCESSES`` workers, release them together once all are ready, and wait for them.
+
+    Returns each process's stats, with the tail of its log as ``log``; raises if one fails
+    (the others are killed).
+    """
+    outs = [folder / f"worker{i}.json" for i in range(PROCESSES)]
+    with ExitStack() as stack:
+        logs = [stack.enter_context(open(folder / f"worker{i}.log", "w+")) for i in range(PROCESSES)]
+        procs = [_spawn(settings, out, log) for out, log in zip(outs, logs, strict=True)]
+        try:
+            for proc, log in zip(procs, logs, strict=True):
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "ready":
+                    raise _failure(proc, log, "did not start")
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.close()  # go
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.wait(timeout=EXIT_TIMEOUT_S) != 0:
+                    raise _failure(proc, log, f"exited with {proc.returncode}")
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        pipe.close()
+        return [
+            {**json.loads(out.read_text()), "log": _tail(log)} for out, log in zip(outs, logs, strict=True)
+        ]
+
+
+def drain(settings: Settings, runs: int) -> Drain:
+    """The worker processes drain the queue; raises unless each run completed exactly once."""
+    with tempfile.TemporaryDirectory(prefix="dbt-durable-bench-workers-") as tmp:
+        wall_s, stats = timed(lambda: _run_processes(settings, Path(tmp)))
+    completed = [s["finished"].get("completed", 0) for s in stats]
+    claimed = sum(s["claimed"] for s in stats)
+    if sum(completed) != runs or claimed != runs:
+        logs = "".join(s["log"] for s in stats)[-LOG_TAIL_CHARS:]
+        raise RuntimeError(
+            f"the workers claimed {claimed} runs and finished {[s['finished'] for s in stats]}, "
+            f"expected {runs} completed; their logs end: {logs}"
+        )
+    latencies = [x for s in stats for x in s["claim_latencies_s"]]
+    return Drain(wall_s, _checked_drain_s(settings, runs), latencies, completed)
+
+
+def _checked_drain_s(settings: Settings, runs: int) -> float:
+    """Seconds from the first run's start to the last run's finish, read from the runs table,
+    after checking that every run completed and that each run's one node completed once."""
+    s = sql.Identifier(settings.schema)
+    with connect(settings.dsn) as conn:
+        done, total, drain_s = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE status = 'completed'), count(*),"
+                " extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM {}.runs"
+            ).format(s)
+        ).fetchone() or (0, 0, None)
+        nodes, distinct, attempts = conn.execute(
+            sql.SQL(
+                "SELECT count(*), count(DISTINCT run_id), coalesce(max(attempts), 0)"
+                " FROM {}.nodes WHERE status = 'completed'"
+            ).format(s)
+        ).fetchone() or (0, 0, 0)
+    if not done == total == nodes == distinct == runs or attempts != 1 or drain_s is None:
+        raise RuntimeError(
+            f"{done} of {total} runs completed, {nodes} nodes completed in {distinct} runs "
+            f"(max attempts {attempts}), expected {runs} runs of one node each, one attempt"
+        )
+    return float(drain_s)
+
+
+def _measure(b: Bench, res: ScenarioResult, settings: Settings, raw: RawCommitLoop, rep: int) -> None:
+    """One side-by-side pair: a drain by the worker processes and the raw loop's ``runs`` commits."""
+    runs = b.sizes.worker_runs
+    for side in sides(rep, "workers", "raw"):
+        if side == "raw":
+            res.sample("raw_commit_s", timed(lambda: raw.run(runs))[0])
+            continue
+        queue(settings, runs)
+        d = drain(settings, runs)
+        res.sample("workers_drain_s", d.drain_s)
+        res.sample("workers_wall_s", d.wall_s)
+        res.sample("claim_p50_ms", percentile(d.claim_latencies_s, 50) * 1e3)
+        res.sample("claim_p95_ms", percentile(d.claim_latencies_s, 95) * 1e3)
+        res.sample("claims", len(d.claim_latencies_s))
+        res.notes[f"runs_per_process_rep{rep + 1}"] = d.runs_per_process
+    w, r = res.stats["workers_drain_s"].values[-1], res.stats["raw_commit_s"].values[-1]
+    b.log(
+        f"[worker] rep {rep + 1}/{b.sizes.reps}: {runs} runs drained in {w:.2f}s ({runs / w:.0f} runs/s; "
+        f"{res.stats['workers_wall_s'].values[-1]:.2f}s with start-up), raw commits {r:.2f}s "
+        f"({runs / r:.0f}/s), ratio {r / w:.3f}; claim p50 {res.stats['claim_p50_ms'].values[-1]:.2f} ms, "
+        f"p95 {res.stats['claim_p95_ms'].values[-1]:.2f} ms"
+    )
 
 
 def worker_throughput(b: Bench) -> ScenarioResult:
-    runs, nodes = b.sizes.worker_runs, b.sizes.worker_run_nodes
+    """Drain rate of ``PROCESSES`` worker processes ÷ the raw-commit loop's commit rate."""
+    runs = b.sizes.worker_runs
     res = ScenarioResult(
         "worker",
         params={
             "runs": runs,
-            "nodes_per_run": nodes,
-            "runs_at_once": RUNS_AT_ONCE,
-            "baseline": "client.resume",
+            "flow": flows.TRIVIAL,
+            "processes": PROCESSES,
+            "runs_at_once_per_process": RUNS_AT_ONCE,
+            "baseline": "RawCommitLoop: runs x (BEGIN; SELECT 1; INSERT checkpoint; COMMIT)",
         },
     )
     if missing(res, "worker", METRICS):
         b.log("[worker] worker_throughput_ratio: null (not implemented yet)")
         return res
-    state = "bench_worker"
-    settings = Settings(dsn=b.dsn, schema=state)
-    client = Client(settings)
-    flow = flows.sequential(nodes)
-    try:
+    settings = Settings(dsn=b.dsn, schema=STATE_SCHEMA)
+    fresh_schema(b.dsn, WORK_SCHEMA)
+    raw = RawCommitLoop(b.dsn, WORK_SCHEMA)
+    try:  # no warm-up: every drain starts new processes on a fresh schema anyway
         for rep in range(b.sizes.reps):
-            sides = ["worker", "sequential"] if rep % 2 == 0 else ["sequential", "worker"]
-            for side in sides:
-                ids = _queue(client, flow, runs)
-                flows.clear_compile_caches()  # both sides start cold, then reuse what they compile
-                if side == "worker":
-                    worker_s, finished = timed(lambda: _drain(settings))
-                    if finished.get("completed") != runs:
-                        raise RuntimeError(f"the worker finished {finished}, expected {runs} completed")
-                    res.sample("worker_s", worker_s)
-                else:
-
-                    def one_by_one(ids: list[str] = ids) -> None:
-                        for run_id in ids:
-                            expect(client.resume(run_id), "completed", nodes)
-
-                    res.sample("sequential_resume_s", timed(one_by_one)[0])
-            w, s = res.stats["worker_s"].values[-1], res.stats["sequential_resume_s"].values[-1]
-            b.log(
-                f"[worker] rep {rep + 1}/{b.sizes.reps}: {runs} runs by a worker {w:.2f}s "
-                f"({runs / w:.0f} runs/s), one by one {s:.2f}s ({runs / s:.0f} runs/s), ratio {s / w:.2f}"
-            )
+            _measure(b, res, settings, raw, rep)
     finally:
-        drop_schemas(b.dsn, state)
-    # A throughput ratio: the time one by one over the worker's time (> 1: the worker is faster).
-    res.stats["ratio"] = paired_ratios(res.stats["sequential_resume_s"], res.stats["worker_s"])
+        raw.close()
+        drop_schemas(b.dsn, STATE_SCHEMA, WORK_SCHEMA)
+    # A rate ratio: (runs / drain time) over (runs / raw time); below 1, the raw loop is faster.
+    res.stats["ratio"] = paired_ratios(res.stats["raw_commit_s"], res.stats["workers_drain_s"])
     res.metrics["worker_throughput_ratio"] = res.stats["ratio"].median
-    res.metrics["worker_runs_per_s"] = runs / res.stats["worker_s"].median
+    res.metrics["worker_runs_per_s"] = runs / res.stats["workers_drain_s"].median
+    res.metrics["worker_runs_per_s_with_start"] = runs / res.stats["workers_wall_s"].median
+    res.metrics["worker_raw_commits_per_s"] = runs / res.stats["raw_commit_s"].median
+    res.metrics["worker_claim_latency_p50_ms"] = res.stats["claim_p50_ms"].median
+    res.metrics["worker_claim_latency_p95_ms"] = res.stats["claim_p95_ms"].median
     return res

@@ -21,6 +21,8 @@ KEYS = [
     "resume_ratio",
     "dbt_build_overhead",
     "worker_throughput_ratio",
+    "worker_claim_latency_p50_ms",
+    "worker_claim_latency_p95_ms",
 ]
 
 

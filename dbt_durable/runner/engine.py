@@ -510,13 +510,14 @@ class RunExecution:
             steps, progress = st.flow.step_ids, st.progress
             for kid in st.flow.children(node_id):
                 if kid in steps:  # fast path of a resume: a finished step is a dict lookup
-                    done = progress.get(exec_key(kid, iters))
+                    key = exec_key(kid, iters)
+                    done = progress.get(key)
                     if done is not None and done.status == "completed":
                         st.skipped += 1
                         replayed = done
                         continue
                     replayed = None
-                    result = await self._leaf(kid, iters, st.flow.node(kid), lane)
+                    result = await self._leaf(kid, iters, st.flow.node(kid), lane, key)
                     continue
                 replayed = None
                 result = await self.node(kid, iters, lane)
@@ -556,15 +557,21 @@ class RunExecution:
             raise BreakLoop(value)
         raise DurableError(f"cannot execute node kind {A.kind_of(ast)}")
 
-    async def _leaf(self, node_id: str, iters: tuple[int, ...], ast: A.Node, lane: Lane) -> Any:
-        """A step: its stored result if it completed before, else run it (and checkpoint it)."""
+    async def _leaf(
+        self, node_id: str, iters: tuple[int, ...], ast: A.Node, lane: Lane, key: str | None = None
+    ) -> Any:
+        """A step: its stored result if it completed before, else run it (and checkpoint it).
+
+        ``key``: the execution key, when the caller has already found no completed execution.
+        """
         st = self.state
         assert st is not None
-        key = exec_key(node_id, iters)
-        done = st.progress.get(key)
-        if done is not None and done.status == "completed":
-            st.skipped += 1
-            return done.result
+        if key is None:
+            key = exec_key(node_id, iters)
+            done = st.progress.get(key)
+            if done is not None and done.status == "completed":
+                st.skipped += 1
+                return done.result
         st.executed += 1
         faults.hit("before_step", key, self.flow_name)
         if not self._spec(node_id, ast).transactional:

@@ -108,7 +108,7 @@ class Lane:
             raise StepSqlError(_describe(exc), transient=conn.broken) from None
         self._committed_pending()
         faults.hit("in_step", key, self.flow_name)
-        if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+        if conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
             await self._rollback()
             raise StepSqlError(
                 "the step ended its own transaction (COMMIT/ROLLBACK inside a step); "

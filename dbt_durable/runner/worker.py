@@ -14,6 +14,8 @@ import asyncio
 import logging
 import os
 import socket
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -30,12 +32,21 @@ from dbt_durable.store.migrate import migrate
 log = logging.getLogger("dbt_durable.worker")
 
 CHANNELS = ("dbt_durable_wake", "dbt_durable_signal")
+CLAIM_LATENCIES_KEPT = 10_000
 
 
 @dataclass
 class WorkerStats:
+    """What a worker has done: runs claimed, outcomes by status, and claim round trips.
+
+    ``claim_latencies_s`` holds the wall time of each claim statement that returned at least
+    one run (sent, executed, rows fetched), the latest ``CLAIM_LATENCIES_KEPT`` of them, so a
+    long-lived worker's memory stays bounded.
+    """
+
     claimed: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    claim_latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=CLAIM_LATENCIES_KEPT))
 
 
 class Worker:
@@ -98,10 +109,13 @@ class Worker:
                 claimed: list[str] = []
                 free = self.runs_at_once - len(active)
                 if free > 0:
+                    began = time.perf_counter()
                     cur = await conn.execute(
                         engine.q.claim_runnable, {"ttl": self.settings.lease_ttl_s, "limit": free}
                     )
                     claimed = [str(row[0]) for row in await cur.fetchall()]
+                    if claimed:
+                        self.stats.claim_latencies_s.append(time.perf_counter() - began)
                 cur = await conn.execute(engine.q.next_wake)
                 row = await cur.fetchone()
                 next_wake = float(row[0]) if row and row[0] is not None else None

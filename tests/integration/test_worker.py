@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from dbt_durable.runner.worker import Worker
 from tests.conftest import Space
 
 
@@ -196,3 +198,14 @@ def test_a_worker_that_lost_its_listen_connection_still_wakes_by_polling(space: 
         w.send_signal(signal.SIGTERM)
         w.wait(timeout=20)
     assert client.result(run_id)["rows"] == [{"answer": 42}]
+
+
+def test_worker_stats_record_each_claim_that_returned_a_run(space: Space) -> None:
+    client = space.client()
+    for _ in range(3):
+        client.start("'SELECT 1'", wait=False)
+    stats = asyncio.run(Worker(space.settings(), runs_at_once=1, poll_s=0.2, once=True).run())
+    assert stats.claimed == 3 and stats.finished == {"completed": 3}
+    # One run per claim; the last claim, which found nothing, is not recorded.
+    assert len(stats.claim_latencies_s) == 3
+    assert all(latency >= 0 for latency in stats.claim_latencies_s)
