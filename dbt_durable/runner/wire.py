@@ -79,8 +79,19 @@ class Wire:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is None or waiter.done():
+            return
+        # Wake the query only for a whole result: a readiness event can also be stale (the
+        # loop polls again before the woken task has read the socket), and waking for it
+        # costs a loop cycle per round trip.
+        pgconn = self.conn.pgconn
+        try:
+            pgconn.consume_input()
+            if pgconn.is_busy():
+                return
+        except psycopg.Error:
+            pass  # the woken query reads again and raises it
+        waiter.set_result(None)
 
 
 async def _results(pgconn: pq.abc.PGconn, readable: Callable[[], Awaitable[None]]) -> list[pq.abc.PGresult]:
