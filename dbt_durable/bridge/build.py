@@ -1,7 +1,8 @@
 """Durable dbt builds: a dbt selection run node by node, with a checkpoint per node in Postgres.
 
-One ``dbt build`` subprocess runs the selection (so dbt starts once, as usual); its JSON log is
-read as it streams, and every node that finishes successfully is checkpointed at once. A
+One ``dbt build`` subprocess runs the selection (so dbt starts once, as usual); it reports each
+node event as a JSON line (see :mod:`dbt_durable.bridge.dbt_child`) that is read as it streams,
+and every node that finishes successfully is checkpointed at once. A
 build killed at model k therefore resumes at model k: the next attempt excludes every
 checkpointed node. This is where dbt's own ``retry`` loses progress, since its
 run_results.json is only written at the end.
@@ -21,6 +22,7 @@ import signal
 import sys
 from typing import Any
 
+from dbt_durable.bridge.dbt_child import PROTOCOL_KEY
 from dbt_durable.errors import DurableError
 
 OK_STATUSES = {"success", "pass", "warn"}
@@ -41,7 +43,7 @@ def _die_with_parent() -> None:  # runs in the child before exec
 
 def build_command(target: dict[str, Any], done_names: list[str]) -> list[str]:
     """The ``dbt build`` command of a durable build, excluding the checkpointed nodes."""
-    cmd = dbt_command() + ["build", "--log-format", "json"]
+    cmd = [sys.executable, "-m", "dbt_durable.bridge.dbt_child", "build"]
     for flag in ("project_dir", "profiles_dir", "target"):
         if target.get(flag):
             cmd += ["--" + flag.replace("_", "-"), str(target[flag])]
@@ -108,14 +110,20 @@ async def run_build(
 
 
 def _event(line: bytes) -> tuple[str, dict[str, Any], str] | None:
+    """(event name, data, message) of a line from the dbt child; None for any other line."""
     try:
         parsed = json.loads(line)
-        return parsed["info"]["name"], parsed.get("data") or {}, parsed["info"].get("msg") or ""
+        return parsed[PROTOCOL_KEY], {"node_info": parsed["node_info"]}, parsed["msg"] or ""
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def check_target(target: dict[str, Any]) -> None:
     args = target.get("args") or []
-    if any(a in ("--log-format", "--log-format-file") for a in args):
-        raise DurableError("dbt-durable build sets --log-format itself; remove it from the dbt arguments")
+    owned = ("--log-format", "--log-format-file", "--log-level")
+    if any(a in owned for a in args):
+        raise DurableError(
+            "dbt-durable build sets dbt's console logging itself; remove "
+            + "/".join(owned)
+            + " from the dbt arguments"
+        )
