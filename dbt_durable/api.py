@@ -126,7 +126,7 @@ class Client:
             run_id, created = self._create(conn, flow, name, key, vars, fresh)
         started = Started(run_id, created)
         if wait:
-            started.outcome = self.resume(run_id, echo=echo)
+            started.outcome = self._execute(run_id, echo=echo)
         return started
 
     def _create(
@@ -199,7 +199,7 @@ class Client:
                 run_id, created = self._create(conn, flow, name, None, vars, fresh)
                 started = Started(run_id, created)
         if wait:
-            started.outcome = self.resume(started.run_id)
+            started.outcome = self._execute(started.run_id)
         return started
 
     def create_schemas(self, schemas: list[str]) -> None:
@@ -215,6 +215,12 @@ class Client:
     ) -> Outcome:
         """Execute ``run_id`` in this process until it finishes. Completed nodes never re-run."""
         self.get_run(run_id)
+        return self._execute(run_id, retry_failed, echo)
+
+    def _execute(
+        self, run_id: str, retry_failed: bool = True, echo: Callable[[str], None] | None = None
+    ) -> Outcome:
+        """:meth:`resume` of a run known to exist (one just created or found)."""
 
         async def go() -> Outcome:
             async with Engine(self.settings) as engine:

@@ -171,9 +171,6 @@ class Engine:
 
     async def __aenter__(self) -> Engine:
         app = APP_PREFIX + self.owner
-        # Fail fast with a clear message if the database cannot be reached.
-        probe = await open_async(self.settings.dsn, app)
-        await probe.close()
         self.pool = AsyncConnectionPool(
             self.settings.dsn,
             min_size=1,
@@ -184,7 +181,6 @@ class Engine:
             # with a server restart fails its step as transient, and the step is retried.
             timeout=self.settings.pool_timeout_s,
         )
-        await self.pool.open(wait=True)
         # Control connections hold each run's advisory lock (its liveness) for the run's whole
         # life; pooling them spares a connection setup per run in workers.
         self.ctl_pool = AsyncConnectionPool(
@@ -197,10 +193,22 @@ class Engine:
             reset=_unlock_all,
             timeout=self.settings.pool_timeout_s,
         )
-        await self.ctl_pool.open(wait=True)
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute(b"SELECT current_user")).fetchone()
-            self.session_role = str(row[0]) if row else ""
+        # The pools connect in the background while the probe fails fast, with a clear
+        # message, if the database cannot be reached.
+        await self.pool.open(wait=False)
+        await self.ctl_pool.open(wait=False)
+        try:
+            probe = await open_async(self.settings.dsn, app)
+            try:
+                row = await (await probe.execute(b"SELECT current_user")).fetchone()
+                self.session_role = str(row[0]) if row else ""
+            finally:
+                await probe.close()
+            await self.pool.wait()
+            await self.ctl_pool.wait()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
