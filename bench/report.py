@@ -35,6 +35,9 @@ TARGETS: dict[str, Target] = {
     "per_node_ratio_vs_raw_commit": Target("<=", 1.0, 1.5),
     "per_node_ratio_vs_dbos": Target("<=", 0.2),
     "fanout_efficiency": Target(">=", 0.75),
+    "graph_10k_plan_s": Target("<=", 1.0),
+    "graph_100k_plan_s": Target("<=", 10.0),
+    "graph_100k_peak_mb": Target("<=", 500.0),
     "resume_ratio": Target("<=", 3.0),
     "dbt_build_overhead": Target("<=", 1.10),
 }

@@ -16,6 +16,7 @@ from typing import Any
 
 import networkx as nx
 
+from dbt_durable.bulk import bulk_allocation
 from dbt_durable.errors import FlowError
 from dbt_durable.flow import ast as A
 from dbt_durable.flow.parser import parse
@@ -66,6 +67,20 @@ class FlowGraph:
             children[node_id] = ids
             push(zip(ids, kids))
         return cls(ast, text, graph_hash, children, asts, frozenset(steps))
+
+    @functools.cached_property
+    def replay_results(self) -> frozenset[str]:
+        """Ids of the nodes whose stored results a replay reads: every node except a step in a
+        sequence that is not the sequence's last item (the walk skips those by their status;
+        a sequence's result is its last item's)."""
+        skipped = {
+            kid
+            for node_id, node in self._asts.items()
+            if isinstance(node, A.Seq)
+            for kid in self._children[node_id][:-1]
+            if kid in self.step_ids
+        }
+        return frozenset(self._asts.keys() - skipped)
 
     def children(self, node_id: str) -> tuple[str, ...]:
         """Child ids of ``node_id`` in evaluation order."""
@@ -273,13 +288,14 @@ def compile_flow(source: str, origin: str = "<flow>", validated: bool = False) -
     if flow is not None:
         return flow
     try:
-        ast = parse(source)
-        if not validated:
-            validate(ast, source)
+        with bulk_allocation():
+            ast = parse(source)
+            if not validated:
+                validate(ast, source)
+            text = to_text(ast)
+            flow = FlowGraph.of(ast, text, hashlib.sha256(text.encode()).hexdigest())
     except FlowError as exc:
         raise exc if origin == exc.origin else exc.relocate(origin) from None
-    text = to_text(ast)
-    flow = FlowGraph.of(ast, text, hashlib.sha256(text.encode()).hexdigest())
     recent.put(("hash", flow.graph_hash), flow)
     recent.put(("text", source), flow)
     return recent.put(key, flow)

@@ -38,12 +38,15 @@ _SHAPES: dict[str, tuple[type[A.Node], tuple[str, ...], tuple[str, ...], tuple[s
 
 
 def encode(ast: A.Node) -> dict[str, Any]:
-    """The JSON plan of ``ast``: ``{"version": 1, "root": <node>}``, where a node is an object
-    with its ``kind``, its fields, and ``options`` as ``[[key, value], ...]`` when it has any."""
+    """The JSON plan of ``ast``: ``{"version": 1, "root": <node>}``. A SQL step without options
+    is its text (a JSON string); any other node is an object with its ``kind``, its fields,
+    and ``options`` as ``[[key, value], ...]`` when it has any."""
     return {"version": PLAN_VERSION, "root": _encode(ast)}
 
 
-def _encode(node: A.Node) -> dict[str, Any]:
+def _encode(node: A.Node) -> Any:
+    if type(node) is A.Sql and not node.options:
+        return node.text  # the most common node, in its shortest form
     kind = A.kind_of(node)
     _, one, many, scalars = _SHAPES[kind]
     out: dict[str, Any] = {"kind": kind}
@@ -66,10 +69,9 @@ def decode(plan: Any) -> A.Node | None:
     return _decode(plan["root"])
 
 
-def _decode(obj: dict[str, Any]) -> A.Node:
-    if obj["kind"] == "sql":  # by far the most common node: the short path
-        options = obj.get("options")
-        return A.Sql(text=obj["text"], options=tuple(map(tuple, options)) if options else ())
+def _decode(obj: Any) -> A.Node:
+    if type(obj) is str:
+        return A.Sql(text=obj)
     cls, one, many, scalars = _SHAPES[obj["kind"]]
     fields: dict[str, Any] = {name: obj[name] for name in scalars}
     for name in one:

@@ -24,6 +24,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from dbt_durable.bulk import bulk_allocation
 from dbt_durable.config import Settings
 from dbt_durable.errors import (
     BindingError,
@@ -89,15 +90,19 @@ class Outcome:
 @dataclass
 class NodeProgress:
     """A stored node execution. The result is kept as JSON text and parsed on first use:
-    a resume reads every row, but the walk needs few of the results."""
+    a resume reads every row, but the walk needs few of the results. ``loaded`` is False for
+    a result that was not read (a step that a replay skips: see ``FlowGraph.replay_results``)."""
 
     status: str
     result_text: str | None
     wake_at: datetime | None
     attempts: int
+    loaded: bool = True
 
     @property
     def result(self) -> Any:
+        if not self.loaded:
+            raise DurableError("internal error: a replay used a result that it did not load")
         if self.result_text is None:
             return None
         if not hasattr(self, "_parsed"):
@@ -290,8 +295,8 @@ class RunExecution:
                 return Outcome(self.run_id, row[6], row[11], row[12], row[13])
             is_build = row[18] == "dbt_build"
             flow = compile_flow("'SELECT 1'", validated=True) if is_build else await self._load_flow(ctl, row)
-            progress = await self._load_progress(ctl)
             self.build_target = dict(row[19] or {}) if is_build else None
+            progress = await self._load_progress(ctl, flow)
             self.flow_name = row[1]
             # Steps run as the role that submitted the run, never as the runner's own role.
             self.run_role = row[7] if row[7] != self.engine.session_role else None
@@ -336,16 +341,25 @@ class RunExecution:
         flow = stored_flow(row[4])
         if flow is None:
             cur = await ctl.execute(self.q.load_plan, (self.run_id,))
-            plan = await cur.fetchone()
-            flow = load_flow(plan[0] if plan else None, row[3], row[4])
+            with bulk_allocation():
+                plan = await cur.fetchone()
+                flow = load_flow(plan[0] if plan else None, row[3], row[4])
         return flow
 
-    async def _load_progress(self, ctl: psycopg.AsyncConnection) -> dict[str, NodeProgress]:
-        cur = await ctl.execute(self.q.load_progress, (self.run_id,))
-        return {
-            key: NodeProgress(status, result, wake_at, attempts)
-            for key, status, result, wake_at, attempts in await cur.fetchall()
+    async def _load_progress(self, ctl: psycopg.AsyncConnection, flow: FlowGraph) -> dict[str, NodeProgress]:
+        """The run's stored node executions; results only where a replay uses them (a durable
+        build's are all needed: they name the nodes that are done)."""
+        params = {
+            "run_id": self.run_id,
+            "all_results": self.build_target is not None,
+            "needed": list(flow.replay_results),
         }
+        cur = await ctl.execute(self.q.load_progress, params)
+        with bulk_allocation():
+            return {
+                key: NodeProgress(status, result, wake_at, attempts, loaded)
+                for key, status, result, wake_at, attempts, loaded in await cur.fetchall()
+            }
 
     async def _walk_until_certain(self, ctl: psycopg.AsyncConnection) -> Any:
         """Walk the graph; after an :class:`Uncertain` round trip, reload and walk again."""
@@ -365,7 +379,7 @@ class RunExecution:
                 delay = min(delay * 2, 2.0)
                 st = self.state
                 assert st is not None
-                st.progress = await self._load_progress(ctl)
+                st.progress = await self._load_progress(ctl, st.flow)
                 st.bindings.clear()
 
     async def _report_progress(self, every_s: float = 2.0) -> None:

@@ -65,10 +65,14 @@ SELECT exec_key, node_id, kind, status, attempts, result, error, wake_at, starte
 
 LOAD_PLAN = "SELECT plan FROM {s}.runs WHERE run_id = %s"
 
-# Resume loads what is done (results) and what is parked (durable timers).
+# Resume loads what is done (and what is parked: durable timers). Results are read only for
+# the nodes whose stored result a replay uses (``needed``, node ids; all with ``all_results``):
+# a step in the middle of a sequence is skipped on a resume without reading its result.
 LOAD_PROGRESS = """
-SELECT exec_key, status, result::text, wake_at, attempts
-  FROM {s}.nodes WHERE run_id = %s AND status IN ('completed', 'waiting', 'failed')
+SELECT exec_key, status,
+       CASE WHEN %(all_results)s OR node_id = ANY(%(needed)s) THEN result::text END,
+       wake_at, attempts, %(all_results)s OR node_id = ANY(%(needed)s)
+  FROM {s}.nodes WHERE run_id = %(run_id)s AND status IN ('completed', 'waiting', 'failed')
 """
 
 ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"

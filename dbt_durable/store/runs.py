@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from dbt_durable.graph.build import FlowGraph
 from dbt_durable.graph.plan import encode
@@ -21,6 +21,6 @@ def new_run_params(
         "flow_text": flow.text,
         "graph": Jsonb(flow.to_json()),
         "graph_hash": flow.graph_hash,
-        "plan": Jsonb(encode(flow.ast)),
+        "plan": Json(encode(flow.ast)),
         "vars": Jsonb(vars),
     }

@@ -63,7 +63,8 @@ def test_a_takeover_waits_for_an_in_flight_checkpoint_and_then_sees_it(space: Sp
         def take_over() -> None:
             _take_over(new, q, run_id, "new")
             taken.set()
-            seen.extend(new.execute(q.load_progress, (run_id,)).fetchall())
+            progress = {"run_id": run_id, "all_results": True, "needed": []}
+            seen.extend(new.execute(q.load_progress, progress).fetchall())
 
         thread = threading.Thread(target=take_over)
         thread.start()

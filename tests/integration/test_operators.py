@@ -346,3 +346,21 @@ def test_a_run_stored_without_a_plan_resumes_from_its_text(space: Space) -> None
     recent.cache_clear()
     out = client.resume(started.run_id)
     assert (out.status, out.executed, out.skipped) == ("completed", 1, 1)
+
+
+def test_a_resume_restores_bindings_and_results_it_did_not_rerun(space: Space) -> None:
+    from dbt_durable.graph.build import recent
+
+    space.query("CREATE TABLE gate (x int)")
+    flow = (
+        "'SELECT 41 AS a' |=> 'x' ~> 'SELECT 2' ~> 'SELECT 1 / (SELECT count(*) FROM gate)'"
+        " ~> ('SELECT $x + 1 AS v' ?> 'SELECT $x + 1 AS answer' !> 'SELECT 0 AS answer')"
+    )
+    client = space.client()
+    started = client.start(flow)
+    assert started.outcome is not None and started.outcome.status == "failed"
+    space.query("INSERT INTO gate VALUES (1)")
+    recent.cache_clear()
+    out = client.resume(started.run_id)
+    assert (out.status, out.executed, out.skipped) == ("completed", 3, 2)
+    assert out.result["rows"] == [{"answer": 42}]

@@ -72,3 +72,11 @@ def test_the_networkx_graph_is_built_on_first_use_only() -> None:
     assert "graph" not in vars(flow)
     assert sorted(flow.graph.edges) == [("0", "0.0"), ("0", "0.1")]
     assert "graph" in vars(flow)
+
+
+def test_a_replay_reads_results_only_where_the_walk_uses_them() -> None:
+    flow = compile_flow("'a' ~> ('b' |=> 'x') ~> 'c' ~> ('d' & 'e') ~> ('f' ?> 'g') ~> 'h'")
+    # Steps in the middle of the sequence ('a', 'c') are skipped by their status alone; bound,
+    # joined, conditional and last steps are read.
+    skipped = {flow.node(n).text for n in flow.step_ids - flow.replay_results}  # type: ignore[attr-defined]
+    assert skipped == {"a", "c"}
