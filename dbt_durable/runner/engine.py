@@ -288,10 +288,8 @@ class RunExecution:
                 s.claim_wait_s,
                 retry_failed,
             )
-            cur = await ctl.execute(self.q.get_run, (self.run_id,))
-            row = await cur.fetchone()
-            assert row is not None
-            if got is None:
+            row = got.run
+            if not got.taken:
                 return Outcome(self.run_id, row[6], row[11], row[12], row[13])
             is_build = row[18] == "dbt_build"
             flow = compile_flow("'SELECT 1'", validated=True) if is_build else await self._load_flow(ctl, row)
@@ -301,8 +299,8 @@ class RunExecution:
             # Steps run as the role that submitted the run, never as the runner's own role.
             self.run_role = row[7] if row[7] != self.engine.session_role else None
             self.state = RunState(self.run_id, flow, dict(row[5] or {}), progress)
-            if row[10] is not None:
-                return await self._finish(ctl, "cancelled", None, f"cancelled: {row[10]}", None)
+            if got.cancel_requested is not None:
+                return await self._finish(ctl, "cancelled", None, f"cancelled: {got.cancel_requested}", None)
             beat = asyncio.create_task(
                 lease.heartbeat(
                     ctl,

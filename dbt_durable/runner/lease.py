@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -28,10 +29,15 @@ class RunBusy(DurableError):
 
 @dataclass
 class Claim:
-    """What a runner learns when it takes a run."""
+    """What a runner learns when it claims a run: whether it took the run (a finished run is
+    not taken), the run's row (``Queries.get_run``) as read under the run's advisory lock, and
+    any cancel request as read under the run's row lock."""
 
-    previous_owner: str | None
-    previous_status: str
+    taken: bool
+    run: tuple[Any, ...]
+    previous_owner: str | None = None
+    previous_status: str | None = None
+    cancel_requested: str | None = None
 
 
 def lock_name(schema: str, run_id: str) -> str:
@@ -47,8 +53,8 @@ async def claim(
     ttl_s: float,
     wait_s: float,
     retry_failed: bool,
-) -> Claim | None:
-    """Take the run's advisory lock and lease. Returns None if the run is already finished.
+) -> Claim:
+    """Take the run's advisory lock and lease, unless the run is already finished.
 
     Raises :class:`RunBusy` if another live runner keeps the lock for ``wait_s`` seconds.
     """
@@ -73,7 +79,7 @@ async def claim(
     status, old_owner = row[6], row[8]
     if status in ("completed", "cancelled") or (status == "failed" and not retry_failed):
         await ctl.execute(q.advisory_unlock, (name,))
-        return None
+        return Claim(False, tuple(row))
     if old_owner and old_owner != owner:
         await ctl.execute(q.terminate_owner, (APP_PREFIX + old_owner,))
     async with ctl.transaction():
@@ -83,7 +89,7 @@ async def claim(
         assert locked is not None
         if locked[2] is not None:  # cancel requested while nobody ran it
             await ctl.execute(q.take_lease, {"owner": owner, "ttl": ttl_s, "run_id": run_id})
-            return Claim(old_owner, locked[0])
+            return Claim(True, tuple(row), old_owner, locked[0], locked[2])
         if locked[0] == "failed":
             await ctl.execute(q.reset_failed_nodes, (run_id,))
         await ctl.execute(q.take_lease, {"owner": owner, "ttl": ttl_s, "run_id": run_id})
@@ -91,7 +97,7 @@ async def claim(
             q.insert_run_event,
             (run_id, "run_claimed", Jsonb({"owner": owner, "previous_owner": old_owner})),
         )
-    return Claim(old_owner, locked[0])
+    return Claim(True, tuple(row), old_owner, locked[0], None)
 
 
 async def release(ctl: psycopg.AsyncConnection, q: Queries, schema: str, run_id: str) -> None:
