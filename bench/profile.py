@@ -26,7 +26,7 @@ from dbt_durable.config import Settings
 
 @contextmanager
 def count_statements() -> Iterator[Counter[str]]:
-    """Count ``execute`` calls (each one round trip) on psycopg's cursors, and new connections."""
+    """Count round trips (cursor ``execute`` calls and lanes' ``Wire.query``) and new connections."""
     counts: Counter[str] = Counter()
     saved: list[tuple[Any, str, Any]] = []
 
@@ -47,6 +47,9 @@ def count_statements() -> Iterator[Counter[str]]:
         wrapper: Any = acall if is_async else scall
         setattr(owner, name, classmethod(wrapper) if offset else wrapper)
 
+    from dbt_durable.runner.wire import Wire
+
+    wrap(Wire, "query", "lane_round_trip", True)  # a lane's steps bypass the cursor (psycopg.pq)
     wrap(psycopg.AsyncCursor, "execute", "async_execute", True)
     wrap(psycopg.Cursor, "execute", "sync_execute", False)
     wrap(psycopg.AsyncConnection, "connect", "async_connect", True)
