@@ -33,6 +33,7 @@ log = logging.getLogger("dbt_durable.worker")
 
 CHANNELS = ("dbt_durable_wake", "dbt_durable_signal")
 CLAIM_LATENCIES_KEPT = 10_000
+SCHEDULE_CHECK_S = 1.0
 
 
 @dataclass
@@ -102,10 +103,16 @@ class Worker:
 
     async def _loop(self, engine: Engine, active: set[asyncio.Task[None]]) -> None:
         assert engine.pool is not None
+        loop = asyncio.get_running_loop()
+        fired_at = -SCHEDULE_CHECK_S
         while not self._stopping.is_set():
             self._wake.clear()
             async with engine.pool.connection() as conn:
-                await fire_due_schedules(conn, engine.q, self.clock)
+                # Cron slots are minutes apart: a busy worker (a pass per finished run) checks
+                # them at most once a second, not once per run.
+                if loop.time() - fired_at >= SCHEDULE_CHECK_S:
+                    await fire_due_schedules(conn, engine.q, self.clock)
+                    fired_at = loop.time()
                 claimed: list[str] = []
                 free = self.runs_at_once - len(active)
                 if free > 0:
@@ -116,9 +123,8 @@ class Worker:
                     claimed = [str(row[0]) for row in await cur.fetchall()]
                     if claimed:
                         self.stats.claim_latencies_s.append(time.perf_counter() - began)
-                cur = await conn.execute(engine.q.next_wake)
-                row = await cur.fetchone()
-                next_wake = float(row[0]) if row and row[0] is not None else None
+                more_now = bool(claimed) and len(active) + len(claimed) < self.runs_at_once
+                next_wake = None if more_now else await self._next_wake(conn, engine)
             for run_id in claimed:
                 self.stats.claimed += 1
                 task = asyncio.create_task(self._execute(engine, run_id))
@@ -126,13 +132,19 @@ class Worker:
                 task.add_done_callback(self._finished_callback(active))
             if self.once and not claimed and not active:
                 return
-            if claimed and len(active) < self.runs_at_once:
+            if more_now:
                 continue  # more may be runnable right away
             timeout = self.poll_s if next_wake is None else max(0.01, min(self.poll_s, next_wake))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    async def _next_wake(self, conn: psycopg.AsyncConnection, engine: Engine) -> float | None:
+        """Seconds until the earliest parked run is due, if any run is parked."""
+        cur = await conn.execute(engine.q.next_wake)
+        row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
 
     def _finished_callback(self, active: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
