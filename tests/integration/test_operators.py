@@ -312,55 +312,53 @@ def test_migrations_are_idempotent_and_recorded(space: Space) -> None:
     assert versions == [(version,) for version, _, _ in shipped]
 
 
-def test_a_resume_in_a_new_process_runs_from_the_stored_plan(space: Space) -> None:
+GATE = "'SELECT 1 / (SELECT count(*) FROM gate)'"  # fails until gate has a row
+
+
+def fail_at_gate(space: Space, flow: str) -> str:
+    """Start ``flow`` (which passes through GATE) so that it fails at the gate; its run id."""
+    space.query("CREATE TABLE gate (x int)")
+    started = space.client().start(flow)
+    assert started.outcome is not None and started.outcome.status == "failed"
+    return started.run_id
+
+
+def resume_cold(space: Space, run_id: str):  # type: ignore[no-untyped-def]
+    """Open the gate and resume with no compiled flow in this process, as after a crash."""
     from dbt_durable.graph.build import recent
 
-    space.query("CREATE TABLE gate (x int)")
+    space.query("INSERT INTO gate VALUES (1)")
+    recent.cache_clear()
+    return space.client().resume(run_id)
+
+
+def test_a_resume_in_a_new_process_runs_from_the_stored_plan(space: Space) -> None:
     space.query("CREATE TABLE effects (step text)")
-    flow = (
-        "'INSERT INTO effects VALUES (''a'')' ~> 'SELECT 1 / (SELECT count(*) FROM gate)'"
-        " ~> 'INSERT INTO effects VALUES (''b'')'"
+    run_id = fail_at_gate(
+        space, f"'INSERT INTO effects VALUES (''a'')' ~> {GATE} ~> 'INSERT INTO effects VALUES (''b'')'"
     )
-    client = space.client()
-    started = client.start(flow)
-    assert started.outcome is not None and started.outcome.status == "failed"
     assert space.query("SELECT plan->'root'->>'kind' FROM {state}.runs") == [("seq",)]
     # The plan alone is enough: with the stored text made unparsable and no compiled flow in
     # this process, the run still resumes where it failed.
     space.query("UPDATE {state}.runs SET flow_text = 'not a flow ((('")
-    space.query("INSERT INTO gate VALUES (1)")
-    recent.cache_clear()
-    out = client.resume(started.run_id)
+    out = resume_cold(space, run_id)
     assert (out.status, out.executed, out.skipped) == ("completed", 2, 1)
     assert space.query("SELECT step FROM effects ORDER BY step") == [("a",), ("b",)]
 
 
 def test_a_run_stored_without_a_plan_resumes_from_its_text(space: Space) -> None:
-    from dbt_durable.graph.build import recent
-
-    space.query("CREATE TABLE gate (x int)")
-    client = space.client()
-    started = client.start("'SELECT 1' ~> 'SELECT 1 / (SELECT count(*) FROM gate)'")
+    run_id = fail_at_gate(space, f"'SELECT 1' ~> {GATE}")
     space.query("UPDATE {state}.runs SET plan = NULL")
-    space.query("INSERT INTO gate VALUES (1)")
-    recent.cache_clear()
-    out = client.resume(started.run_id)
+    out = resume_cold(space, run_id)
     assert (out.status, out.executed, out.skipped) == ("completed", 1, 1)
 
 
 def test_a_resume_restores_bindings_and_results_it_did_not_rerun(space: Space) -> None:
-    from dbt_durable.graph.build import recent
-
-    space.query("CREATE TABLE gate (x int)")
-    flow = (
-        "'SELECT 41 AS a' |=> 'x' ~> 'SELECT 2' ~> 'SELECT 1 / (SELECT count(*) FROM gate)'"
-        " ~> ('SELECT $x + 1 AS v' ?> 'SELECT $x + 1 AS answer' !> 'SELECT 0 AS answer')"
+    run_id = fail_at_gate(
+        space,
+        f"'SELECT 41 AS a' |=> 'x' ~> 'SELECT 2' ~> {GATE}"
+        " ~> ('SELECT $x + 1 AS v' ?> 'SELECT $x + 1 AS answer' !> 'SELECT 0 AS answer')",
     )
-    client = space.client()
-    started = client.start(flow)
-    assert started.outcome is not None and started.outcome.status == "failed"
-    space.query("INSERT INTO gate VALUES (1)")
-    recent.cache_clear()
-    out = client.resume(started.run_id)
+    out = resume_cold(space, run_id)
     assert (out.status, out.executed, out.skipped) == ("completed", 3, 2)
     assert out.result["rows"] == [{"answer": 42}]
