@@ -79,7 +79,12 @@ class Wire:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is None or waiter.done():
+        if waiter is None:
+            # Input with no round trip waiting (a closed socket, say): stop watching, so that a
+            # level-triggered event cannot spin the loop; the next query watches again.
+            self.detach()
+            return
+        if waiter.done():
             return
         # Wake the query only for a whole result: a readiness event can also be stale (the
         # loop polls again before the woken task has read the socket), and waking for it
