@@ -14,6 +14,7 @@ checkpoint was not yet written, runs again (dbt models rebuild idempotently).
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import json
 import os
@@ -26,6 +27,7 @@ from dbt_durable.bridge.dbt_child import PROTOCOL_KEY
 from dbt_durable.errors import DurableError
 
 OK_STATUSES = {"success", "pass", "warn"}
+OTHER_OUTPUT_KEPT = 30  # lines of the child's other output kept for a failure message
 FAILED_STATUSES = {"error", "fail", "runtime error"}
 
 
@@ -59,8 +61,11 @@ def build_command(target: dict[str, Any], done_names: list[str]) -> list[str]:
 
 async def run_build(
     target: dict[str, Any], done_names: list[str], on_node: Any, cancelled: asyncio.Event, echo: Any = None
-) -> tuple[int, list[str]]:
-    """Run dbt; ``await on_node(node_info)`` for each finished node. Returns (exit code, errors)."""
+) -> tuple[int, list[tuple[str | None, str]]]:
+    """Run dbt; ``await on_node(node_info)`` for each finished node.
+
+    Returns dbt's exit code and its errors as (failed node's unique id or None, message).
+    """
     cmd = build_command(target, done_names)
     env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false")
     proc = await asyncio.create_subprocess_exec(
@@ -72,7 +77,8 @@ async def run_build(
         limit=16 * 1024 * 1024,
     )
     assert proc.stdout is not None
-    errors: list[str] = []
+    errors: list[tuple[str | None, str]] = []
+    other_output: collections.deque[str] = collections.deque(maxlen=OTHER_OUTPUT_KEPT)
     watcher = asyncio.create_task(cancelled.wait())
     try:
         while True:
@@ -86,9 +92,13 @@ async def run_build(
             if not line:
                 break
             event = _event(line)
-            if event is None:
+            if event is None:  # not dbt's: a warning, or a traceback if the child crashed
+                other_output.append(line.decode(errors="replace").rstrip())
                 continue
             name, data, msg = event
+            if not data["node_info"]:  # an error outside any node (compilation, connection)
+                errors.append((None, msg))
+                continue
             if (
                 echo is not None
                 and msg
@@ -100,12 +110,14 @@ async def run_build(
             if name.startswith("Log") and name.endswith("Result") and status in OK_STATUSES:
                 await on_node(info)
             elif name.startswith("Log") and name.endswith("Result") and status in FAILED_STATUSES:
-                errors.append(f"{info.get('unique_id')}: {msg}")
+                errors.append((info.get("unique_id"), msg))
     finally:
         watcher.cancel()
         if proc.returncode is None and (cancelled.is_set() or sys.exc_info()[0] is not None):
             proc.terminate()
         code = await proc.wait()
+    if code != 0 and not errors and other_output:
+        errors.append((None, "\n".join(line for line in other_output if line)))
     return code, errors
 
 

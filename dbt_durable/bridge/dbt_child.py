@@ -1,7 +1,8 @@
 """The process that runs dbt for a durable build: ``python -m dbt_durable.bridge.dbt_child ARGS``.
 
-It runs dbt in-process with an event callback and writes one JSON line to stdout per node
-event that the parent needs: a node finished (to checkpoint it) or a node line to show. dbt's
+It runs dbt in-process with an event callback and writes one JSON line to stdout per event
+that the parent needs: a node finished (to checkpoint it), a node line to show, or an error
+(a compilation error, say, which fails the build before any node runs). dbt's
 own console log is off (``--log-level none``), so dbt formats no console line at all, in
 either text or JSON; that formatting cost plain ``--log-format json`` builds about a tenth of
 their time. ``logs/dbt.log`` is written as in any dbt run.
@@ -19,23 +20,26 @@ from typing import Any, TextIO
 PROTOCOL_KEY = "dbt_durable_event"
 
 
-def node_event_line(name: str, message: str, node_info: dict[str, Any]) -> str:
-    """The JSON line that the parent reads for one node event."""
-    return json.dumps({PROTOCOL_KEY: name, "msg": message, "node_info": node_info})
+def event_line(name: str, level: str, message: str, node_info: dict[str, Any]) -> str:
+    """The JSON line that the parent reads for one event (``node_info`` empty for no node)."""
+    return json.dumps({PROTOCOL_KEY: name, "level": level, "msg": message, "node_info": node_info})
 
 
 def _callback(out: TextIO) -> Any:
     def on_event(event: Any) -> None:
         info = getattr(event.data, "node_info", None)
-        if info is None or info.node_status in ("", "started"):
+        if info is not None and info.node_status not in ("", "started"):
+            node = {
+                "unique_id": info.unique_id,
+                "node_name": info.node_name,
+                "node_status": info.node_status,
+                "resource_type": info.resource_type,
+            }
+        elif event.info.level == "error":
+            node = {}
+        else:
             return
-        node = {
-            "unique_id": info.unique_id,
-            "node_name": info.node_name,
-            "node_status": info.node_status,
-            "resource_type": info.resource_type,
-        }
-        out.write(node_event_line(event.info.name, event.info.msg, node) + "\n")
+        out.write(event_line(event.info.name, event.info.level, event.info.msg, node) + "\n")
         out.flush()
 
     return on_event

@@ -413,8 +413,9 @@ class RunExecution:
         if self.cancel_event.is_set():
             raise RunCancelled("cancelled")
         if code != 0:
-            detail = "; ".join(errors) or f"dbt build exited with code {code}"
-            raise StepFailed(errors[0].split(":", 1)[0] if errors else ROOT, detail)
+            detail = "; ".join(f"{uid}: {msg}" if uid else msg for uid, msg in errors)
+            failed = next((uid for uid, _ in errors if uid), ROOT)
+            raise StepFailed(failed, detail or f"dbt build exited with code {code}")
         return {"nodes_built": st.executed, "nodes_skipped": st.skipped}
 
     async def _walk_and_finish(self, ctl: psycopg.AsyncConnection) -> Outcome:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from tests.dbt.conftest import DbtProject
+from tests.dbt.conftest import DbtProject, write_model
 
 
 def durable(project: DbtProject, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -50,3 +50,11 @@ def test_build_killed_after_a_model_resumes_after_it(example: DbtProject) -> Non
 def test_resume_with_other_arguments_or_nothing_to_resume_is_refused(example: DbtProject) -> None:
     nothing = durable(example, "build", "--resume", "--select", "daily_revenue")
     assert nothing.returncode == 2 and "no unfinished durable build" in nothing.stderr
+
+
+def test_a_build_that_fails_before_any_node_says_why(tiny: DbtProject) -> None:
+    write_model(tiny, "fine", "select 1 as x")
+    write_model(tiny, "broken", "select * from {{ ref('no_such_model') }}")
+    out = durable(tiny, "build")
+    assert out.returncode != 0
+    assert "no_such_model" in out.stderr, out.stderr[-2000:]  # dbt's own compilation error
