@@ -26,7 +26,7 @@ from bench.baselines import SELECT_1_RESULT
 from bench.db import drop_schemas, fresh_schema
 from bench.result import Bench, ScenarioResult
 from bench.stats import paired_ratios, timed
-from dbt_durable.runner.steps import checkpoint_statement
+from dbt_durable.runner.steps import CheckpointWriter
 from dbt_durable.store.migrate import migrate
 from dbt_durable.store.queries import Queries
 
@@ -70,10 +70,10 @@ def _loops(conn: psycopg.Connection, state: str, work: str, n: int) -> dict[str,
     def run_checkpoint_fn() -> None:
         run_id = new_run()
         now = datetime.now(UTC)
+        writer = CheckpointWriter(q.checkpoint, run_id, OWNER)  # the lane's own statements
         conn.execute("BEGIN; SELECT 1")
         for i in range(n):
-            args = (run_id, OWNER, f"0.{i}", f"0.{i}", "sql", 1, result, now)
-            conn.execute(checkpoint_statement(q.checkpoint, args) + b";COMMIT;BEGIN;SELECT 1")
+            conn.execute(writer.statement(f"0.{i}", f"0.{i}", 1, result, now) + b";COMMIT;BEGIN;SELECT 1")
         conn.execute("COMMIT")
 
     return {"plain": run_plain, "nodes_insert": run_nodes, "checkpoint_fn": run_checkpoint_fn}

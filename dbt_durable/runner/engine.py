@@ -338,9 +338,8 @@ class RunExecution:
         """The run's own graph version: from this process's cache, else from its stored plan."""
         flow = stored_flow(row[4])
         if flow is None:
-            cur = await ctl.execute(self.q.load_plan, (self.run_id,))
+            plan = await (await ctl.execute(self.q.load_plan, (self.run_id,))).fetchone()
             with bulk_allocation():
-                plan = await cur.fetchone()
                 flow = load_flow(plan[0] if plan else None, row[3], row[4])
         return flow
 
@@ -352,11 +351,11 @@ class RunExecution:
             "all_results": self.build_target is not None,
             "needed": list(flow.replay_results),
         }
-        cur = await ctl.execute(self.q.load_progress, params)
+        rows = await (await ctl.execute(self.q.load_progress, params)).fetchall()
         with bulk_allocation():
             return {
                 key: NodeProgress(status, result, wake_at, attempts, loaded)
-                for key, status, result, wake_at, attempts, loaded in await cur.fetchall()
+                for key, status, result, wake_at, attempts, loaded in rows
             }
 
     async def _walk_until_certain(self, ctl: psycopg.AsyncConnection) -> Any:

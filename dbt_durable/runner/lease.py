@@ -35,8 +35,6 @@ class Claim:
 
     taken: bool
     run: tuple[Any, ...]
-    previous_owner: str | None = None
-    previous_status: str | None = None
     cancel_requested: str | None = None
 
 
@@ -89,7 +87,7 @@ async def claim(
         assert locked is not None
         if locked[2] is not None:  # cancel requested while nobody ran it
             await ctl.execute(q.take_lease, {"owner": owner, "ttl": ttl_s, "run_id": run_id})
-            return Claim(True, tuple(row), old_owner, locked[0], locked[2])
+            return Claim(True, tuple(row), locked[2])
         if locked[0] == "failed":
             await ctl.execute(q.reset_failed_nodes, (run_id,))
         await ctl.execute(q.take_lease, {"owner": owner, "ttl": ttl_s, "run_id": run_id})
@@ -97,7 +95,7 @@ async def claim(
             q.insert_run_event,
             (run_id, "run_claimed", Jsonb({"owner": owner, "previous_owner": old_owner})),
         )
-    return Claim(True, tuple(row), old_owner, locked[0], None)
+    return Claim(True, tuple(row))
 
 
 async def release(ctl: psycopg.AsyncConnection, q: Queries, schema: str, run_id: str) -> None:

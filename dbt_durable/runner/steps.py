@@ -99,19 +99,6 @@ class CheckpointWriter:
         ).encode()
 
 
-def checkpoint_statement(query: str, args: tuple[Any, ...]) -> bytes:
-    """``query`` (with %s placeholders) with ``args`` inlined as literals.
-
-    Inlining lets the checkpoint travel in one simple-protocol round trip with other statements.
-    """
-    parts = query.split("%s")
-    out = [parts[0]]
-    for arg, part in zip(args, parts[1:], strict=True):
-        out.append(_text_literal(arg))
-        out.append(part)
-    return "".join(out).encode()
-
-
 async def run_autocommit(
     conn: psycopg.AsyncConnection,
     step_sql: str,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from dbt_durable.runner.steps import checkpoint_statement
+from dbt_durable.runner.steps import CheckpointWriter
 from dbt_durable.store.queries import Queries
 from tests.conftest import Space
 
@@ -26,8 +26,8 @@ def _running_run(space: Space, owner: str) -> str:
 
 
 def _checkpoint(q: Queries, run_id: str, owner: str) -> bytes:
-    args = (run_id, owner, "0", "0", "sql", 1, '{"rows": [], "row_count": 1}', datetime.now(UTC))
-    return checkpoint_statement(q.checkpoint, args)
+    writer = CheckpointWriter(q.checkpoint, run_id, owner)
+    return writer.statement("0", "0", 1, '{"rows": [], "row_count": 1}', datetime.now(UTC))
 
 
 def _take_over(conn: psycopg.Connection, q: Queries, run_id: str, owner: str) -> None:
