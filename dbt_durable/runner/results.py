@@ -3,19 +3,45 @@
 A SQL step's result is ``{"rows": [...], "row_count": n, "columns": [[name, type], ...]}``.
 Values keep Postgres's own text form unless JSON holds them exactly (integers, booleans,
 json/jsonb), so a rendered literal ``'<text>'::<type>`` reads back as the very same value.
-References always render as quoted SQL literals, never as raw text.
+
+Guarantees of :func:`render` (SQL steps), per lexical position of a reference (read by
+:func:`dbt_durable.flow.refs.find_sql_refs`, as PostgreSQL's lexer reads the step):
+
+- **SQL code**: replaced by a quoted, typed literal. A value can never end the literal: text
+  is quoted as ``'...'`` (quotes doubled) or, if it has a backslash, as ``E'...'`` (quotes
+  and backslashes doubled); both read the same whatever ``standard_conforming_strings`` is,
+  so no connection is needed to quote. A space is put between the literal and a directly
+  adjacent quote, letter or ``&`` (so it cannot merge into ``U&'...'`` or ``'a''b'``), and a
+  negative integer is parenthesized (``1-$v`` must not become the comment ``1--5``).
+- **Comment** (``--`` or ``/* */``): left untouched. A comment never executes, and an
+  unrendered reference there cannot fail the step.
+- **String literal, quoted identifier, dollar quote**: refused with a :class:`BindingError`
+  naming the reference and its ``line:col`` in the step text. Inside quotes no rendering is
+  both safe and faithful (a value could close the quote); build the text in SQL instead
+  (``'prefix ' || $name``).
+- When the session's ``standard_conforming_strings`` is unknown (no connection), the step is
+  read both ways; if a backslash in a ``'...'`` string makes the two readings disagree about
+  where a reference is, it is refused.
+
+Type names in casts come only from the catalogue's grammar: :func:`sql_type` accepts the
+names ``format_type`` produces (SQL keyword types such as ``timestamp with time zone`` or
+``character varying(10)``, and identifiers, optionally schema-qualified, with ``(n[,m])``
+modifiers and ``[]`` suffixes) and renders identifiers re-quoted. A result's ``columns``
+can be forged (a ``break()`` value built from a signal payload or an HTTP body); a type name
+outside that grammar is never pasted: the value renders as an untyped text literal instead.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
-from psycopg import pq, sql
+from psycopg import pq
 
 from dbt_durable.errors import BindingError, ResultTooLarge
-from dbt_durable.flow.refs import REF
+from dbt_durable.flow.refs import CODE, COMMENT, REF, Ref, find_sql_refs, line_col
 
 INT_TYPES = {"smallint", "integer", "bigint", "int2", "int4", "int8", "oid"}
 FLOAT_TYPES = {"real", "double precision", "float4", "float8"}
@@ -105,42 +131,109 @@ def _truthy_value(value: Any) -> bool:
     return bool(value)
 
 
-def literal(value: Any, type_name: str, conn: Any) -> str:
-    """``value`` as a SQL literal that Postgres reads back as the same ``type_name`` value."""
+# -- type names -------------------------------------------------------------------------
+_IDENT_PART = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"\x00]|"")+")'
+_PRECISION = r"(?:\([0-9]+\))"
+_KEYWORD_TYPE = (
+    r"double precision"
+    r"|(?:timestamp|time)" + _PRECISION + r"?(?: with(?:out)? time zone)?"
+    r"|interval(?: (?:year|month|day|hour|minute|second)(?: to (?:month|hour|minute|second))?)?"
+    + _PRECISION
+    + r"?"
+    r"|(?:national character|character|char|nchar|bit)(?: varying)?" + _PRECISION + r"?"
+    r"|(?:varchar|numeric|decimal|dec|float)(?:\([0-9]+(?:, ?-?[0-9]+)?\))?"
+    r"|int|integer|smallint|bigint|real|boolean|json"
+)
+_TYPE = re.compile(
+    r"(?:(?P<keyword>" + _KEYWORD_TYPE + r")"
+    r"|(?P<schema>" + _IDENT_PART + r")\.(?P<qname>" + _IDENT_PART + r")(?P<qmod>\([0-9]+(?:, ?[0-9]+)*\))?"
+    r"|(?P<name>" + _IDENT_PART + r")(?P<mod>\([0-9]+(?:, ?[0-9]+)*\))?)"
+    r"(?P<array>(?:\[[0-9]*\])*)"
+)
+
+
+def _quote_part(part: str) -> str:
+    # Already-quoted parts passed the grammar (no lone quote inside); plain ones get quoted so
+    # that no keyword, however it is spelled, is ever read as anything but a type name.
+    return part if part.startswith('"') else f'"{part}"'
+
+
+def sql_type(type_name: Any) -> str | None:
+    """``type_name`` as SQL, if it is a catalogue type name (see the module doc); else None."""
+    if not isinstance(type_name, str) or len(type_name) > 200:
+        return None
+    m = _TYPE.fullmatch(type_name)
+    if m is None:
+        return None
+    if m["keyword"] is not None:
+        return m["keyword"] + m["array"]
+    if m["schema"] is not None:
+        return f"{_quote_part(m['schema'])}.{_quote_part(m['qname'])}{m['qmod'] or ''}{m['array']}"
+    return f"{_quote_part(m['name'])}{m['mod'] or ''}{m['array']}"
+
+
+# -- literals ---------------------------------------------------------------------------
+def quote_text(text: str) -> str:
+    """``text`` as a SQL string literal that reads the same whatever
+    ``standard_conforming_strings`` is. Raises :class:`BindingError` for a NUL character."""
+    if "\x00" in text:
+        raise BindingError("a value contains a NUL character, which Postgres text cannot hold")
+    body = text.replace("'", "''")
+    if "\\" in body:
+        return "E'" + body.replace("\\", "\\\\") + "'"
+    return "'" + body + "'"
+
+
+def quote_ident(name: Any) -> str:
+    """``name`` as a quoted SQL identifier."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BindingError(f"{name!r} cannot be a column name")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: Any, type_name: Any, conn: Any = None) -> str:
+    """``value`` as a SQL literal that Postgres reads back as the same ``type_name`` value.
+
+    ``type_name`` is cast to only if :func:`sql_type` accepts it; ``conn`` is not needed
+    (kept for callers) since the quoting does not depend on the session.
+    """
+    cast = sql_type(type_name)
+    plain = cast is None or type_name in TEXT_TYPES
     if value is None:
-        return "NULL" if type_name in TEXT_TYPES else f"(NULL::{type_name})"
+        return "NULL" if plain else f"(NULL::{cast})"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int) and type_name in INT_TYPES:
-        return str(value)
+        return str(value) if value >= 0 else f"({value})"
     if type_name in JSON_TYPES or isinstance(value, (dict, list)):
         text = json.dumps(value, ensure_ascii=False)
-        return f"({_quote(text, conn)}::{'json' if type_name == 'json' else 'jsonb'})"
+        return f"({quote_text(text)}::{'json' if type_name == 'json' else 'jsonb'})"
     text = value if isinstance(value, str) else (repr(value) if isinstance(value, float) else str(value))
-    quoted = _quote(text, conn)
+    quoted = quote_text(text)
     # Parenthesized, so a following subscript or operator applies to the value, not the type.
-    return quoted if type_name in TEXT_TYPES else f"({quoted}::{type_name})"
+    return quoted if plain else f"({quoted}::{cast})"
 
 
-def _quote(text: str, conn: Any) -> str:
-    if "\x00" in text:
-        raise BindingError("a value contains a NUL character, which Postgres text cannot hold")
-    return sql.Literal(text).as_string(conn)
+def _columns(name: str, result: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows = result.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise BindingError(f"${name} is not a well-formed row result (rows must be objects)")
+    cols = result.get("columns")
+    if not cols:
+        return [(k, "text") for k in (rows[0] if rows else {})]
+    if not isinstance(cols, list) or not all(
+        isinstance(c, list) and len(c) == 2 and isinstance(c[0], str) for c in cols
+    ):
+        raise BindingError(f"${name} is not a well-formed row result (columns must be [name, type] pairs)")
+    return [(c, t) for c, t in cols]
 
 
-def _columns(result: dict[str, Any]) -> list[list[str]]:
-    cols: list[list[str]] = result.get("columns") or [
-        [k, "text"] for k in (result["rows"][0] if result["rows"] else {})
-    ]
-    return cols
-
-
-def _value_of(name: str, result: Any) -> tuple[Any, str] | None:
+def _value_of(name: str, result: Any) -> tuple[Any, Any] | None:
     """(value, type) of ``$name``: first column of first row; None if there are no rows."""
     if isinstance(result, dict) and "rows" in result:
+        cols = _columns(name, result)
         if not result["rows"]:
             return None
-        cols = _columns(result)
         if not cols:
             raise BindingError(f"${name} has no columns")
         col, typ = cols[0]
@@ -154,11 +247,11 @@ def _value_of(name: str, result: Any) -> tuple[Any, str] | None:
     return result, "text"
 
 
-def _column_of(name: str, col: str, result: Any) -> tuple[Any, str] | None:
+def _column_of(name: str, col: str, result: Any) -> tuple[Any, Any] | None:
     if isinstance(result, dict) and "rows" in result:
+        types: dict[str, Any] = dict(_columns(name, result))
         if not result["rows"]:
             return None
-        types: dict[str, str] = {c: t for c, t in _columns(result)}
         if col not in types:
             known = ", ".join(types) or "none"
             raise BindingError(f"${name} has no column {col!r} (columns: {known})")
@@ -178,33 +271,35 @@ def _column_of(name: str, col: str, result: Any) -> tuple[Any, str] | None:
     raise BindingError(f"${name}.{col}: ${name} is not a row result")
 
 
-def _rowset(name: str, result: Any, conn: Any, max_rows: int) -> str:
+def _rowset(name: str, result: Any, max_rows: int) -> str:
     if not (isinstance(result, dict) and "rows" in result):
         raise BindingError(f"${name}.* needs a row result (a SQL step), got {type(result).__name__}")
-    cols = _columns(result)
+    cols = _columns(name, result)
     if not cols:
         raise BindingError(f"${name}.* has no columns to expand")
     rows = result["rows"]
     if len(rows) > max_rows:
         raise BindingError(f"${name}.* has {len(rows)} rows, over the cap of {max_rows}")
-    alias = sql.Identifier(name).as_string(conn)
-    names = ", ".join(sql.Identifier(c).as_string(conn) for c, _ in cols)
+    alias = quote_ident(name)
+    names = ", ".join(quote_ident(c) for c, _ in cols)
     if not rows:
-        nulls = ", ".join(f"NULL::{t}" for _, t in cols)
+        nulls = ", ".join(f"NULL::{sql_type(t) or 'text'}" for _, t in cols)
         return f"(SELECT {nulls} LIMIT 0) AS {alias}({names})"
-    body = ", ".join("(" + ", ".join(_typed(row.get(c), t, conn) for c, t in cols) + ")" for row in rows)
+    body = ", ".join("(" + ", ".join(_typed(row.get(c), t) for c, t in cols) + ")" for row in rows)
     return f"(VALUES {body}) AS {alias}({names})"
 
 
-def _typed(value: Any, type_name: str, conn: Any) -> str:
+def _typed(value: Any, type_name: Any) -> str:
     # In VALUES every literal carries its type, so the column types match the source's.
-    text = literal(value, type_name, conn)
+    text = literal(value, type_name)
+    if sql_type(type_name) is None:
+        return f"{text}::text"
     if type_name in TEXT_TYPES:
         return f"{text}::{type_name if type_name != 'unknown' else 'text'}"
     return text
 
 
-def _resolve(m: Any, bindings: dict[str, Any]) -> tuple[Any, str] | None:
+def _resolve(m: Any, bindings: dict[str, Any]) -> tuple[Any, Any] | None:
     """(value, type) of a ``$name`` / ``$name.col`` match; None for a null-safe miss.
 
     Raises :class:`BindingError` for an unbound name, no rows, a NULL or a missing column,
@@ -229,26 +324,96 @@ def _resolve(m: Any, bindings: dict[str, Any]) -> tuple[Any, str] | None:
     return found
 
 
+# -- rendering --------------------------------------------------------------------------
+_WHERE = {
+    "string": "inside a string literal",
+    "identifier": "inside a quoted identifier",
+    "dollar": "inside a dollar quote",
+}
+_HOW = {
+    "string": "move it out of the quotes, e.g. 'prefix ' || {ref} || ' suffix'",
+    "identifier": "a value cannot be spliced into an identifier; move it out of the double quotes",
+    "dollar": (
+        "move it out of the dollar quote (build the text with || or format(), or hand the value "
+        "to the block with set_config() and read it with current_setting())"
+    ),
+}
+
+
+def _standard_strings(conn: Any) -> bool | None:
+    """The session's ``standard_conforming_strings`` (True for on), or None if unknown."""
+    status = getattr(getattr(conn, "info", None), "parameter_status", None)
+    if not callable(status):
+        return None
+    try:
+        value = status("standard_conforming_strings")
+    except Exception:  # an unexpected connection type: treat the setting as unknown
+        return None
+    return {"on": True, "off": False}.get(value) if isinstance(value, str) else None
+
+
+def sql_refs(text: str, standard_strings: bool | None) -> list[Ref]:
+    """The references of the SQL ``text`` with their positions; reads both ways if the
+    setting is unknown and refuses a text whose two readings disagree."""
+    if standard_strings is not None:
+        return find_sql_refs(text, backslash_escapes=not standard_strings)
+    on, off = find_sql_refs(text, False), find_sql_refs(text, True)
+    if on != off:
+        bad = min(
+            [r for r in on if r not in off] + [r for r in off if r not in on] or on, key=lambda r: r.start
+        )
+        raise BindingError(
+            f"{text[bad.start : bad.end]} at {line_col(text, bad.start)}: a backslash in a '...' string "
+            "makes it read differently with standard_conforming_strings on and off; write E'...' "
+            "for escapes or double the quotes"
+        )
+    return on
+
+
 def render(text: str, bindings: dict[str, Any], conn: Any, max_rowset: int = 10_000) -> str:
-    """``text`` with every ``$name`` reference replaced by a quoted, typed SQL literal.
+    """``text`` with every ``$name`` reference in SQL code replaced by a quoted, typed literal.
 
-    ``$name.*`` becomes ``(VALUES ...) AS name(cols)``. Errors as in :func:`_resolve`.
+    ``$name.*`` becomes ``(VALUES ...) AS name(cols)``. References in comments are left as
+    they are; in quotes they are refused (see the module doc). ``conn`` tells the session's
+    ``standard_conforming_strings``. Errors as in :func:`_resolve`.
     """
-
-    def replace(m: Any) -> str:
-        if m["col"] == "*" and m["name"] in bindings:
-            return _rowset(m["name"], bindings[m["name"]], conn, max_rowset)
-        found = _resolve(m, bindings)
-        return "NULL" if found is None else literal(found[0], found[1], conn)
-
-    return REF.sub(replace, text)
+    out: list[str] = []
+    pos = 0
+    for ref in sql_refs(text, _standard_strings(conn)):
+        if ref.context == COMMENT:
+            continue
+        token = text[ref.start : ref.end]
+        if ref.context != CODE:
+            raise BindingError(
+                f"{token} at {line_col(text, ref.start)} is {_WHERE[ref.context]}, where it is not "
+                f"rendered: {_HOW[ref.context].format(ref=token)}"
+            )
+        m = REF.fullmatch(token)
+        assert m is not None
+        if ref.column == "*" and ref.name in bindings:
+            value = _rowset(ref.name, bindings[ref.name], max_rowset)
+        else:
+            found = _resolve(m, bindings)
+            value = "NULL" if found is None else literal(found[0], found[1])
+        before = text[ref.start - 1] if ref.start > 0 else " "
+        after = text[ref.end] if ref.end < len(text) else " "
+        # Keep the literal a token of its own (see the module doc).
+        if before in "'\"&" or before.isalnum() or before == "_":
+            value = " " + value
+        if after in "'\"":
+            value += " "
+        out += [text[pos : ref.start], value]
+        pos = ref.end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def render_raw(text: str, bindings: dict[str, Any]) -> str:
     """``text`` with references as plain values (for HTTP URLs, bodies and headers).
 
-    Strings are inserted as they are, other values as JSON, and ``$name.*`` as a JSON array of
-    row objects. The same strict/null-safe rules as :func:`render` apply.
+    No SQL lexing: strings are inserted as they are, other values as JSON, and ``$name.*`` as
+    a JSON array of row objects. The same strict/null-safe rules as :func:`render` apply.
+    Inserted values are never scanned again (for references or for ``{env:NAME}``).
     """
 
     def replace(m: Any) -> str:
