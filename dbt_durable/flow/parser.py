@@ -1,8 +1,16 @@
 """Parser of the flow language (pg_durable compatible).
 
-Precedence, highest first: ``|=>``, ``&``, ``|``, ``~>``, ``?>``/``!>`` (right-associative),
-``@>`` (prefix). Chains of ``~>`` flatten into one :class:`Seq`; chains of ``&`` or ``|``
-written without parentheses flatten into one n-ary :class:`Join` or :class:`Race`.
+Precedence is PostgreSQL's, because pg_durable's operators are PostgreSQL operators declared
+with ``CREATE OPERATOR`` on ``text``: every binary operator (``~>``, ``|=>``, ``&``, ``|``,
+``?>``, ``!>``) sits at one level ("any other operator" in PostgreSQL's grammar) and is
+left-associative; the prefix ``@>`` binds tighter than all of them and applies to the operand
+right after it. ``c ?> t`` is a partial if that ``!>`` completes: ``c ?> t !> e`` is
+``(c ?> t) !> e``. Our own additions bind tighter still: a ``with (...)`` block attaches to
+the step it follows, and ``::type`` casts to the string before them. See docs/flow-language.md.
+
+Shapes: chains of ``~>`` flatten into one :class:`Seq` (its result is the last item's either
+way); ``a & b & c`` is ``join(join(a, b), c)`` and ``a | b | c`` is ``race(race(a, b), c)``, as
+in PostgreSQL; the n-ary function forms (``join(a, b, c)``, ``join3``) give one flat node.
 
 Guarantee: :func:`parse` either returns an AST or raises :class:`FlowError` with a line, a
 column and a caret excerpt. It never raises anything else.
@@ -12,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable
 from typing import NamedTuple
 
 from dbt_durable.errors import FlowError
@@ -106,6 +113,8 @@ FUNCTIONS: dict[str, tuple[int, int]] = {
     "http": (1, 5),
 }
 
+BINARY_OPS = frozenset(("~>", "|=>", "&", "|", "?>", "!>"))
+
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -129,6 +138,9 @@ class Parser:
         self.newlines = [i for i, ch in enumerate(source) if ch == "\n"]
         self.i = 0
         self.depth = 0
+        # The ``c ?> t`` nodes built so far (by id; kept alive here so ids stay unique). Only
+        # these may be completed by ``!>``, even through parentheses, as in PostgreSQL.
+        self._partial: dict[int, A.Node] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def error(self, message: str, token: Token | None = None) -> FlowError:
@@ -176,66 +188,73 @@ class Parser:
         if self.depth > MAX_NESTING:
             raise self.error(f"flow is nested more than {MAX_NESTING} levels deep")
         try:
-            if self.at_op("@>"):
-                tok = self.advance()
-                return A.Loop(self.expr(), None, pos=self.pos_of(tok))
-            return self.cond()
+            return self.binary()
         finally:
             self.depth -= 1
 
-    def cond(self) -> A.Node:
+    def binary(self) -> A.Node:
+        """A left-associative chain of binary operators, all at one precedence level."""
         first = self.peek()
-        test = self.seq()
-        if not self.at_op("?>"):
-            if self.at_op("!>"):
-                raise self.error("'!>' without a preceding '?>'")
-            return test
-        self.advance()
-        then = self.seq()
-        orelse = None
-        if self.at_op("!>"):
-            self.advance()
-            orelse = self.expr()
-        return A.If(test, then, orelse, pos=self.pos_of(first))
-
-    def _chain(
-        self, op: str, sub: Callable[[], A.Node], build: Callable[..., A.Node], flatten: bool
-    ) -> A.Node:
-        first = self.peek()
-        node = sub()
-        if not self.at_op(op):
-            return node
-        items = [node]
-        while self.at_op(op):
-            self.advance()
-            items.append(sub())
-        if flatten:
-            flat: list[A.Node] = []
-            for item in items:
-                flat.extend(item.items if isinstance(item, A.Seq) and not item.options else [item])
-            items = flat
-        return build(tuple(items), pos=self.pos_of(first))
-
-    def seq(self) -> A.Node:
-        return self._chain("~>", self.race, A.Seq, flatten=True)
-
-    def race(self) -> A.Node:
-        return self._chain("|", self.join, A.Race, flatten=False)
-
-    def join(self) -> A.Node:
-        return self._chain("&", self.bind, A.Join, flatten=False)
-
-    def bind(self) -> A.Node:
-        first = self.peek()
-        node = self.postfix()
-        while self.at_op("|=>"):
-            self.advance()
+        pos = self.pos_of(first)
+        node = self.unary()
+        bare_partial = False  # node is a ``c ?> t`` built by this chain, not yet completed
+        while True:
             tok = self.peek()
-            if tok.kind != "string":
-                raise self.error("expected a quoted name after '|=>', e.g. |=> 'total'")
+            if tok.kind != "op" or tok.value not in BINARY_OPS:
+                return node
+            op = tok.value
+            if bare_partial and op != "!>":
+                raise self.error(
+                    f"'?>' without '!>' cannot be the left side of {op!r} (PostgreSQL reads it as "
+                    f"(c ?> t) {op} ...): write c ?> (t {op} ...) for a longer branch, "
+                    f"or (c ?> t) {op} ... to run the if first",
+                    tok,
+                )
             self.advance()
-            node = A.Bind(node, self._name(tok), pos=self.pos_of(first))
-        return node
+            bare_partial = False
+            if op == "|=>":
+                name_tok = self.peek()
+                if name_tok.kind != "string":
+                    raise self.error("expected a quoted name after '|=>', e.g. |=> 'total'")
+                self.advance()
+                node = A.Bind(node, self._name(name_tok), pos=pos)
+                continue
+            if op == "!>":
+                partial = self._partial.get(id(node))
+                if partial is not node:
+                    why = (
+                        "its left side is already a complete if-then-else"
+                        if isinstance(node, A.If) and node.orelse is not None
+                        else "its left side must be a 'c ?> t' expression"
+                    )
+                    raise self.error(f"'!>' without a preceding '?>': {why}", tok)
+                assert isinstance(node, A.If)
+                node = A.If(node.cond, node.then, self.unary(), pos=node.pos)
+                continue
+            right = self.unary()
+            if op == "~>":
+                node = A.Seq(_seq_items(node) + _seq_items(right), pos=pos)
+            elif op == "&":
+                node = A.Join((node, right), pos=pos)
+            elif op == "|":
+                node = A.Race((node, right), pos=pos)
+            else:  # "?>": a partial if; a following '!>' completes it
+                node = A.If(node, right, None, pos=pos)
+                self._partial[id(node)] = node
+                bare_partial = True
+
+    def unary(self) -> A.Node:
+        """An operand: ``@>`` (prefix, binds tighter than every binary operator) or a step."""
+        if not self.at_op("@>"):
+            return self.postfix()
+        tok = self.advance()
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise self.error(f"flow is nested more than {MAX_NESTING} levels deep")
+            return A.Loop(self.unary(), None, pos=self.pos_of(tok))
+        finally:
+            self.depth -= 1
 
     def postfix(self) -> A.Node:
         node = self.atom()
@@ -258,9 +277,6 @@ class Parser:
             return A.Sql(tok.value, pos=self.pos_of(tok))
         if tok.kind == "ident":
             return self.call()
-        if tok.kind == "op" and tok.value == "@>":
-            # Like SQL's NOT: a prefix operator may start an operand, and then takes the rest.
-            return self.expr()
         if tok.kind == "eof":
             raise self.error("unexpected end of input: expected a SQL string or a node function")
         raise self.error(f"unexpected {tok.text!r}: expected a SQL string or a node function")
@@ -419,8 +435,7 @@ class Parser:
         if name in ("seq", "then"):
             items: list[A.Node] = []
             for arg in args:
-                node = self._expr_arg(arg, "seq() argument")
-                items.extend(node.items if isinstance(node, A.Seq) and not node.options else [node])
+                items.extend(_seq_items(self._expr_arg(arg, "seq() argument")))
             return A.Seq(tuple(items), pos=pos)
         if name in ("join", "join3"):
             return A.Join(tuple(self._expr_arg(a, "join() argument") for a in args), pos=pos)
@@ -475,6 +490,10 @@ class Parser:
         headers = self._opt_string(args[3], "http() headers") if len(args) > 3 else None
         timeout = self._number_arg(args[4], "http() timeout", allow_null=True) if len(args) > 4 else None
         return A.Http(url, method.upper(), req_body, headers, timeout, pos=pos)
+
+
+def _seq_items(node: A.Node) -> tuple[A.Node, ...]:
+    return node.items if isinstance(node, A.Seq) and not node.options else (node,)
 
 
 def _with(node: A.Node, options: tuple[tuple[str, A.OptionValue], ...]) -> A.Node:

@@ -1,4 +1,11 @@
-"""Canonical printer: ``parse(to_text(node)) == node`` for every AST the parser produces."""
+"""Canonical printer: ``parse(to_text(node)) == node`` for every AST the parser produces.
+
+Precedence is PostgreSQL's (see the parser): every binary operator is at one level and
+left-associative, so a binary operator's right operand is parenthesized unless it is a step,
+a function call or a ``@>`` loop. ``c ?> t`` (an if without else) is parenthesized wherever it
+is an operand, since the parser rejects it there bare. A join or race of more than two items
+prints as ``join(...)`` / ``race(...)``: ``a & b & c`` would read back as a nested join.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,10 @@ from decimal import Decimal
 
 from dbt_durable.flow import ast as A
 
-# Binding strength of each printed form; larger binds tighter.
-_LOOP, _IF, _SEQ, _RACE, _JOIN, _BIND, _ATOM = range(7)
+# Binding strength of each printed form; larger binds tighter. _PARTIAL is ``c ?> t``, which
+# is only ever printed whole or in parentheses; _BINARY is a chain of binary operators; _PREFIX
+# is ``@> x``, which binds tighter than any binary operator, as in PostgreSQL.
+_PARTIAL, _BINARY, _PREFIX, _ATOM = range(4)
 
 
 def quote(text: str) -> str:
@@ -49,18 +58,20 @@ def _form(node: A.Node) -> tuple[int, str]:
     if isinstance(node, A.Sql):
         return _ATOM, quote(node.text) + _options(node)
     if isinstance(node, A.Seq):
-        return _SEQ, " ~> ".join(_at(item, _SEQ + 1) for item in node.items)
-    if isinstance(node, A.Race):
-        return _RACE, " | ".join(_at(item, _RACE + 1) for item in node.items)
-    if isinstance(node, A.Join):
-        return _JOIN, " & ".join(_at(item, _JOIN + 1) for item in node.items)
+        first, *rest = node.items
+        return _BINARY, " ~> ".join([_at(first, _BINARY)] + [_at(item, _PREFIX) for item in rest])
+    if isinstance(node, (A.Join, A.Race)):
+        if len(node.items) != 2:
+            return _ATOM, _call(A.kind_of(node), [to_text(item) for item in node.items])
+        op = " & " if isinstance(node, A.Join) else " | "
+        return _BINARY, _at(node.items[0], _BINARY) + op + _at(node.items[1], _PREFIX)
     if isinstance(node, A.Bind):
-        return _BIND, f"{_at(node.body, _BIND)} |=> {quote(node.name)}"
+        return _BINARY, f"{_at(node.body, _BINARY)} |=> {quote(node.name)}"
     if isinstance(node, A.If):
-        text = f"{_at(node.cond, _SEQ)} ?> {_at(node.then, _SEQ)}"
-        if node.orelse is not None:
-            text += f" !> {_at(node.orelse, _LOOP)}"
-        return _IF, text
+        text = f"{_at(node.cond, _BINARY)} ?> {_at(node.then, _PREFIX)}"
+        if node.orelse is None:
+            return _PARTIAL, text
+        return _BINARY, f"{text} !> {_at(node.orelse, _PREFIX)}"
     if isinstance(node, A.IfRows):
         args = [quote(node.name), to_text(node.then)]
         if node.orelse is not None:
@@ -68,7 +79,7 @@ def _form(node: A.Node) -> tuple[int, str]:
         return _ATOM, _call("if_rows", args)
     if isinstance(node, A.Loop):
         if node.cond is None:
-            return _LOOP, "@> " + _at(node.body, _LOOP)
+            return _PREFIX, "@> " + _at(node.body, _PREFIX)
         return _ATOM, _call("loop", [to_text(node.body), to_text(node.cond)])
     if isinstance(node, A.Break):
         return _ATOM, _call("break", [] if node.value is None else [quote(node.value)]) + _options(node)

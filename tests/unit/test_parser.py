@@ -24,24 +24,89 @@ def test_plain_string_is_a_sql_step_and_df_prefix_is_accepted() -> None:
     assert parse("'it''s'") == sql("it's")
 
 
-def test_precedence_bind_join_race_seq_if_loop() -> None:
-    # |=> binds tightest, then &, then |, then ~>, then ?> !>, then @>.
-    assert parse("'a' ~> 'b' |=> 'x'") == A.Seq((sql("a"), A.Bind(sql("b"), "x")))
-    assert parse("'a' | 'b' & 'c'") == A.Race((sql("a"), A.Join((sql("b"), sql("c")))))
-    assert parse("'a' ~> 'b' | 'c'") == A.Seq((sql("a"), A.Race((sql("b"), sql("c")))))
-    assert parse("'c' ?> 't' ~> 'u' !> 'e'") == A.If(sql("c"), A.Seq((sql("t"), sql("u"))), sql("e"))
-    assert parse("@> 'a' ~> 'b'") == A.Loop(A.Seq((sql("a"), sql("b"))), None)
+def test_precedence_is_postgres_one_level_left_associative() -> None:
+    # Every binary operator is at one level, left-associative; @> binds its next operand.
+    # tests/integration/test_precedence_pg.py checks these groupings against PostgreSQL itself.
+    a, b, c, d = sql("a"), sql("b"), sql("c"), sql("d")
+    assert parse("'a' ~> 'b' |=> 'x'") == A.Bind(A.Seq((a, b)), "x")
+    assert parse("'a' & 'b' |=> 'x'") == A.Bind(A.Join((a, b)), "x")
+    assert parse("'a' | 'b' & 'c'") == A.Join((A.Race((a, b)), c))
+    assert parse("'a' ~> 'b' | 'c'") == A.Race((A.Seq((a, b)), c))
+    assert parse("'a' |=> 'x' ~> 'b'") == A.Seq((A.Bind(a, "x"), b))
+    assert parse("'c' ?> 't' !> 'e' ~> 'd'") == A.Seq((A.If(c, sql("t"), sql("e")), d))
+    assert parse("'a' ~> 'c' ?> 't' !> 'e'") == A.If(A.Seq((a, c)), sql("t"), sql("e"))
+    assert parse("@> 'a' ~> 'b'") == A.Seq((A.Loop(a, None), b))
+    assert parse("@> 'x' | 'y'") == A.Race((A.Loop(sql("x"), None), sql("y")))
+    assert parse("'a' ~> @> 'b' ~> 'c'") == A.Seq((a, A.Loop(b, None), c))
+    assert parse("@> ('a' ~> 'b')") == A.Loop(A.Seq((a, b)), None)
+    assert parse("'a' ~> 'b' with (retries=2) ~> 'c'") == A.Seq((a, A.Sql("b", options=(("retries", 2),)), c))
 
 
-def test_conditional_is_right_associative() -> None:
+def test_conditional_is_left_associative_and_else_completes_the_partial_if() -> None:
     nested = parse("'a' ?> 'b' !> 'c' ?> 'd' !> 'e'")
-    assert nested == A.If(sql("a"), sql("b"), A.If(sql("c"), sql("d"), sql("e")))
+    assert nested == A.If(A.If(sql("a"), sql("b"), sql("c")), sql("d"), sql("e"))
+    assert parse("'a' ?> 'b' !> ('c' ?> 'd' !> 'e')") == A.If(
+        sql("a"), sql("b"), A.If(sql("c"), sql("d"), sql("e"))
+    )
+    # Parentheses do not change a value in PostgreSQL: ('c' ?> 't') is still a partial if.
+    assert parse("('c' ?> 't') !> 'e'") == A.If(sql("c"), sql("t"), sql("e"))
+    assert parse("'c' ?> ('t' ~> 'u') !> 'e'") == A.If(sql("c"), A.Seq((sql("t"), sql("u"))), sql("e"))
+    # Our addition: an if without else, where it is a whole expression.
+    assert parse("'c' ?> 't'") == A.If(sql("c"), sql("t"), None)
+    assert parse("('c' ?> 't') ~> 'u'") == A.Seq((A.If(sql("c"), sql("t"), None), sql("u")))
+    assert parse("seq('c' ?> 't', 'u')") == A.Seq((A.If(sql("c"), sql("t"), None), sql("u")))
 
 
-def test_chains_flatten_but_parentheses_keep_join_shape() -> None:
-    assert parse("'a' ~> 'b' ~> 'c'") == parse("seq(seq('a', 'b'), 'c')")
-    assert parse("'a' & 'b' & 'c'") == A.Join((sql("a"), sql("b"), sql("c")))
-    assert parse("('a' & 'b') & 'c'") == A.Join((A.Join((sql("a"), sql("b"))), sql("c")))
+@pytest.mark.parametrize(
+    ("text", "col", "message"),
+    [
+        ("'c' ?> 't' ~> 'u' !> 'e'", 12, "'?>' without '!>' cannot be the left side of '~>'"),
+        ("'c' ?> 't' |=> 'x'", 12, "'?>' without '!>' cannot be the left side of '|=>'"),
+        ("'c' ?> 't' ?> 'u'", 12, "'?>' without '!>' cannot be the left side of '?>'"),
+        ("'c' ?> 't' !> 'e' !> 'f'", 19, "already a complete if-then-else"),
+        ("if('c', 't') !> 'e'", 14, "'!>' without a preceding '?>'"),
+        ("'a' ~> 'b' !> 'c'", 12, "'!>' without a preceding '?>'"),
+    ],
+)
+def test_what_pg_durable_cannot_run_is_a_positioned_error(text: str, col: int, message: str) -> None:
+    with pytest.raises(FlowError) as err:
+        parse(text)
+    assert (err.value.line, err.value.col) == (1, col)
+    assert message in err.value.message
+
+
+def test_seq_chains_flatten_join_and_race_chains_nest() -> None:
+    a, b, c = sql("a"), sql("b"), sql("c")
+    assert parse("'a' ~> 'b' ~> 'c'") == parse("seq(seq('a', 'b'), 'c')") == A.Seq((a, b, c))
+    assert parse("'a' ~> ('b' ~> 'c')") == A.Seq((a, b, c))
+    assert parse("'a' & 'b' & 'c'") == A.Join((A.Join((a, b)), c))
+    assert parse("'a' & ('b' & 'c')") == A.Join((a, A.Join((b, c))))
+    assert parse("'a' | 'b' | 'c'") == A.Race((A.Race((a, b)), c))
+    # The n-ary function forms give one flat node (join3 is pg_durable's).
+    assert parse("join('a', 'b', 'c')") == parse("df.join3('a', 'b', 'c')") == A.Join((a, b, c))
+    assert parse("race('a', 'b', 'c')") == A.Race((a, b, c))
+
+
+def test_printer_parenthesizes_what_the_precedence_needs() -> None:
+    a, b, c = sql("a"), sql("b"), sql("c")
+    cases = [
+        (A.Seq((a, A.Bind(b, "x"))), "'a' ~> ('b' |=> 'x')"),
+        (A.Bind(A.Seq((a, b)), "x"), "'a' ~> 'b' |=> 'x'"),
+        (A.Join((a, A.Join((b, c)))), "'a' & ('b' & 'c')"),
+        (A.Join((A.Join((a, b)), c)), "'a' & 'b' & 'c'"),
+        (A.Join((a, b, c)), "join('a', 'b', 'c')"),
+        (A.Race((a, A.Seq((b, c)))), "'a' | ('b' ~> 'c')"),
+        (A.If(a, A.Seq((b, c)), a), "'a' ?> ('b' ~> 'c') !> 'a'"),
+        (A.Seq((A.If(a, b, c), a)), "'a' ?> 'b' !> 'c' ~> 'a'"),
+        (A.Seq((A.If(a, b, None), c)), "('a' ?> 'b') ~> 'c'"),
+        (A.If(a, b, None), "'a' ?> 'b'"),
+        (A.Loop(A.Seq((a, b)), None), "@> ('a' ~> 'b')"),
+        (A.Race((A.Loop(a, None), b)), "@> 'a' | 'b'"),
+        (A.Seq((a, A.Loop(b, None), c)), "'a' ~> @> 'b' ~> 'c'"),
+    ]
+    for node, text in cases:
+        assert to_text(node) == text
+        assert parse(text) == node
 
 
 def test_node_functions() -> None:
@@ -76,6 +141,7 @@ CASES_WITH_POSITIONS = [
     ("'a' |=> 'bad name'", 1, 9, "invalid result name"),
     ("join('a')", 1, 1, "join() takes at least 2"),
     ("'a' !> 'b'", 1, 5, "'!>' without"),
+    ("'c' ?> 't' ~> 'u'", 1, 12, "'?>' without '!>'"),
     ("wait_for_schedule('not cron')", 1, 19, "invalid cron"),
     ("$$never closed", 1, 1, "unterminated $$"),
     ("'a' 'b'", 1, 5, "unexpected"),
