@@ -88,8 +88,8 @@ def resume_parts(client: Client, flow: str, run_id: str) -> dict[str, float]:
         row = conn.execute(client.q.get_run, (run_id,)).fetchone()
         assert row is not None
         flows.clear_compile_caches()
-        fetch_s, plan = timed(lambda: conn.execute(client.q.load_plan, (run_id,)).fetchone())
-        decode_s, graph = timed(lambda: load_flow(plan[0] if plan else None, row[3], row[4]))
+        fetch_s, plan = timed(lambda: conn.execute(client.q.load_plan_text, (run_id,)).fetchone())
+        decode_s, graph = timed(lambda: load_flow(plan[0] if plan else None, row[3]))
         params = {"run_id": run_id, "all_results": False, "needed": list(graph.replay_results)}
         load_s, rows = timed(lambda: conn.execute(client.q.load_progress, params).fetchall())
     return {

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from dbt_durable.bridge.build import check_target
@@ -23,12 +24,12 @@ from dbt_durable.config import Settings
 from dbt_durable.errors import ConfigError, GraphChanged, RunNotFound
 from dbt_durable.graph.build import FlowGraph, compile_flow
 from dbt_durable.graph.explain import explain as explain_graph
-from dbt_durable.runner.engine import Engine, Outcome
+from dbt_durable.runner.engine import Engine, Outcome, new_owner_id
 from dbt_durable.runner.schedules import check_schedule
 from dbt_durable.store.connect import open_sync
 from dbt_durable.store.migrate import migrate as apply_migrations
 from dbt_durable.store.queries import Queries
-from dbt_durable.store.runs import new_run_params
+from dbt_durable.store.runs import CreatedRun, build_run_params, new_run_params
 
 DEFAULT_FLOW_NAME = "adhoc"
 
@@ -118,15 +119,17 @@ class Client:
 
         With a ``key``, an existing run whose flow is unchanged is resumed rather than
         duplicated; one whose flow or vars changed raises :class:`GraphChanged` unless
-        ``fresh`` is set, which retires the old run's key and starts over.
+        ``fresh`` is set, which retires the old run's key and starts over. With ``wait`` a new
+        run is created already claimed by this process, so no worker can take it.
         """
         flow = compile_flow(flow_text, origin)
         vars = dict(vars or {})
+        owner = new_owner_id() if wait else None
         with self._connect(create=True) as conn:
-            run_id, created = self._create(conn, flow, name, key, vars, fresh)
+            run_id, created = self._create(conn, flow, name, key, vars, fresh, owner)
         started = Started(run_id, created)
         if wait:
-            started.outcome = self._execute(run_id, echo=echo)
+            started.outcome = self._execute(run_id, echo=echo, owner=owner)
         return started
 
     def _create(
@@ -137,32 +140,30 @@ class Client:
         key: str | None,
         vars: dict[str, str],
         fresh: bool,
+        owner: str | None = None,
     ) -> tuple[str, bool]:
-        params = new_run_params(flow, name, key, vars)
+        params = new_run_params(flow, name, key, vars, owner, self.settings.lease_ttl_s)
         with conn.transaction():
-            row = conn.execute(self.q.insert_run, params).fetchone()
-            if row is not None:
-                conn.execute(self.q.insert_run_event, (row[0], "run_created", Jsonb({"key": key})))
-                return str(row[0]), True
-            existing = conn.execute(self.q.run_by_key, (name, key)).fetchone()
-            assert existing is not None
-            run_id, old_hash, old_vars, status = existing
-            if old_hash == flow.graph_hash and (old_vars or {}) == vars:
-                return str(run_id), False
+            found = self._create_row(conn, params)
+            if found.created:
+                return str(found.run_id), True
+            if found.graph_hash == flow.graph_hash and (found.vars or {}) == vars:
+                return str(found.run_id), False
             if not fresh:
-                what = "flow definition" if old_hash != flow.graph_hash else "vars"
+                what = "flow definition" if found.graph_hash != flow.graph_hash else "vars"
                 raise GraphChanged(
-                    f"run {run_id} ({name!r}, key {key!r}, {status}) was started with a different "
-                    f"{what}; a resumed run never mixes two versions. Start fresh with --fresh "
-                    "(the old run is kept, and cancelled if unfinished)"
+                    f"run {found.run_id} ({name!r}, key {key!r}, {found.status}) was started with a "
+                    f"different {what}; a resumed run never mixes two versions. Start fresh with "
+                    "--fresh (the old run is kept, and cancelled if unfinished)"
                 )
-            conn.execute(self.q.retire_key, (run_id,))
-            row = conn.execute(self.q.insert_run, params).fetchone()
-            assert row is not None
-            conn.execute(
-                self.q.insert_run_event, (row[0], "run_created", Jsonb({"key": key, "replaces": str(run_id)}))
-            )
-            return str(row[0]), True
+            conn.execute(self.q.retire_run, (found.run_id, True))
+            return str(self._create_row(conn, params).run_id), True
+
+    def _create_row(self, conn: psycopg.Connection, params: dict[str, Any]) -> CreatedRun:
+        cur = conn.cursor(row_factory=class_row(CreatedRun))
+        row = cur.execute(self.q.create_run, params).fetchone()
+        assert row is not None  # create_run returns the new run or the login's existing one
+        return row
 
     def start_or_resume(
         self,
@@ -182,6 +183,7 @@ class Client:
         """
         flow = compile_flow(flow_text, origin)
         vars = dict(vars or {})
+        owner = new_owner_id() if wait else None
         with self._connect(create=True) as conn:
             row = conn.execute(self.q.latest_unfinished, (name,)).fetchone()
             if row is not None and row[1] == flow.graph_hash and (row[2] or {}) == vars:
@@ -195,11 +197,11 @@ class Client:
                             "fresh (dbt: --vars '{durable_fresh: true}'; CLI: --fresh), which "
                             "cancels the old run"
                         )
-                    conn.execute(self.q.retire_run, (row[0],))
-                run_id, created = self._create(conn, flow, name, None, vars, fresh)
+                    conn.execute(self.q.retire_run, (row[0], False))
+                run_id, created = self._create(conn, flow, name, None, vars, fresh, owner)
                 started = Started(run_id, created)
         if wait:
-            started.outcome = self._execute(started.run_id)
+            started.outcome = self._execute(started.run_id, owner=owner)
         return started
 
     def create_schemas(self, schemas: list[str]) -> None:
@@ -218,12 +220,17 @@ class Client:
         return self._execute(run_id, retry_failed, echo)
 
     def _execute(
-        self, run_id: str, retry_failed: bool = True, echo: Callable[[str], None] | None = None
+        self,
+        run_id: str,
+        retry_failed: bool = True,
+        echo: Callable[[str], None] | None = None,
+        owner: str | None = None,
     ) -> Outcome:
-        """:meth:`resume` of a run known to exist (one just created or found)."""
+        """:meth:`resume` of a run known to exist (one just created or found); ``owner``: the
+        runner id the run was created claimed for."""
 
         async def go() -> Outcome:
-            async with Engine(self.settings) as engine:
+            async with Engine(self.settings, owner=owner) as engine:
                 return await engine.execute(run_id, retry_failed=retry_failed, echo=echo)
 
         return asyncio.run(go())
@@ -249,10 +256,7 @@ class Client:
                         "run it without --resume to start a new build"
                     )
                 return Started(str(row[0]), False)
-            params = {"flow_name": name, "run_key": None, "dbt_args": Jsonb(target), "vars": Jsonb({})}
-            created = conn.execute(self.q.insert_build_run, params).fetchone()
-            assert created is not None
-            return Started(str(created[0]), True)
+            return Started(str(self._create_row(conn, build_run_params(name, None, target, {})).run_id), True)
 
     # -- schedules ---------------------------------------------------------------------------
     def schedule_add(
@@ -295,12 +299,14 @@ class Client:
 
     def schedule_pause(self, name: str, paused: bool) -> None:
         with self._connect() as conn:
-            if conn.execute(self.q.pause_schedule, (paused, name)).fetchone() is None:
+            row = conn.execute(self.q.pause_schedule, (name, paused)).fetchone()
+            if not (row and row[0]):
                 raise ConfigError(f"no schedule named {name!r}")
 
     def schedule_remove(self, name: str) -> None:
         with self._connect() as conn:
-            if conn.execute(self.q.remove_schedule, (name,)).fetchone() is None:
+            row = conn.execute(self.q.remove_schedule, (name,)).fetchone()
+            if not (row and row[0]):
                 raise ConfigError(f"no schedule named {name!r}")
 
     def get_run(self, run_id: str) -> dict[str, Any]:

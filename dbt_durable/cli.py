@@ -52,6 +52,17 @@ def _database(obj: dict[str, Any]) -> Iterator[str]:
         yield uri
 
 
+def _stop_all(workers: list[Any]) -> None:
+    for w in workers:
+        w.stop()
+
+
+def _read_logins(path: str) -> list[str]:
+    """The DSNs of a logins file: one per line, blank lines and # comments skipped."""
+    lines = Path(path).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
 def _client(ctx: click.Context) -> Any:
     from dbt_durable.api import Client
     from dbt_durable.config import Settings
@@ -386,18 +397,54 @@ def migrate(ctx: click.Context) -> None:
     show_default=True,
     help="A wait longer than this parks the run, freeing the worker.",
 )
+@click.option(
+    "--login",
+    "logins",
+    multiple=True,
+    help="Also serve the runs of the role this DSN logs in as (repeatable; passwords can come "
+    "from a pgpass file). Each run executes on connections of its own role's login.",
+)
+@click.option(
+    "--dbt-project",
+    "dbt_projects",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A dbt project folder whose durable builds and scheduled builds this worker may run "
+    "(repeatable; builds of other folders fail).",
+)
+@click.option(
+    "--logins-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A file of DSNs to serve, one per line (# comments), like --login.",
+)
 @_with_db
 @click.pass_context
-def worker(ctx: click.Context, runs_at_once: int, once: bool, poll_s: float, park_after_s: float) -> None:
-    """Execute queued, due, signalled and orphaned runs, and fire schedules. SIGTERM stops it
-    gracefully: running steps roll back and their runs are handed back at once."""
+def worker(
+    ctx: click.Context,
+    runs_at_once: int,
+    once: bool,
+    poll_s: float,
+    park_after_s: float,
+    logins: tuple[str, ...],
+    dbt_projects: tuple[str, ...],
+    logins_file: str | None,
+) -> None:
+    """Execute queued, due, signalled and orphaned runs, and fire schedules, for the role of
+    the connection's login and of each --login. SIGTERM stops it gracefully: running steps
+    roll back and their runs are handed back at once."""
     import asyncio
     import signal as signals
 
     from dbt_durable.runner.worker import Worker
 
     client = _client(ctx)
-    settings = replace(client.settings, concurrency=max(client.settings.concurrency, runs_at_once * 2))
+    settings = replace(
+        client.settings,
+        concurrency=max(client.settings.concurrency, runs_at_once * 2),
+        dbt_projects=tuple(str(Path(p).resolve()) for p in dbt_projects),
+    )
+    dsns = [settings.dsn, *logins, *(_read_logins(logins_file) if logins_file else [])]
 
     def report(outcome: Any) -> None:
         click.echo(
@@ -405,22 +452,34 @@ def worker(ctx: click.Context, runs_at_once: int, once: bool, poll_s: float, par
             err=True,
         )
 
-    async def go() -> Any:
-        w = Worker(
-            settings,
-            runs_at_once=runs_at_once,
-            poll_s=poll_s,
-            park_after_s=park_after_s,
-            once=once,
-            on_outcome=report,
-        )
+    async def go() -> list[Any]:
+        workers = [
+            Worker(
+                replace(settings, dsn=dsn),
+                runs_at_once=runs_at_once,
+                poll_s=poll_s,
+                park_after_s=park_after_s,
+                once=once,
+                on_outcome=report,
+            )
+            for dsn in dict.fromkeys(dsns)
+        ]
         loop = asyncio.get_running_loop()
         for sig in (signals.SIGTERM, signals.SIGINT):
-            loop.add_signal_handler(sig, w.stop)
-        click.echo(f"worker started ({runs_at_once} run(s) at once, schema {settings.schema})", err=True)
-        return await w.run()
+            loop.add_signal_handler(sig, _stop_all, workers)
+        click.echo(
+            f"worker started ({runs_at_once} run(s) at once per login, {len(workers)} login(s), "
+            f"schema {settings.schema})",
+            err=True,
+        )
+        return list(await asyncio.gather(*(w.run() for w in workers)))
 
-    stats = asyncio.run(go())
+    all_stats = asyncio.run(go())
+    stats = all_stats[0]
+    for more in all_stats[1:]:
+        stats.claimed += more.claimed
+        for status, n in more.finished.items():
+            stats.finished[status] = stats.finished.get(status, 0) + n
     click.echo(
         f"worker stopped: claimed {stats.claimed}, "
         + ", ".join(f"{n} {k}" for k, n in sorted(stats.finished.items())),
@@ -443,6 +502,7 @@ def build(ctx: click.Context, resume_: bool, name: str | None, wait: bool, dbt_a
     target = _build_target(ctx, list(dbt_args))
     name = name or "dbt_build:" + (" ".join(dbt_args) or "all")
     client = _client(ctx)
+    client.settings = replace(client.settings, dbt_projects=(target["project_dir"],))
     started = client.start_build(target, name, resume=resume_)
     click.echo(
         f"{'resuming' if not started.created else 'starting'} durable build {started.run_id}", err=True

@@ -16,7 +16,7 @@ class Settings:
 
     ``lease_ttl_s`` covers a runner that is alive but cut off; a dead runner is detected at
     once through its session advisory lock. ``heartbeat_s`` also bounds how quickly a cancel
-    interrupts a running statement. ``park_after_s``: a wait (sleep, schedule, signal) longer
+    interrupts a running statement. ``dbt_projects``: see the field. ``park_after_s``: a wait (sleep, schedule, signal) longer
     than this parks the run as ``waiting`` and returns, instead of blocking (None: block).
     """
 
@@ -31,6 +31,9 @@ class Settings:
     reconnect_timeout_s: float = 60.0
     pool_timeout_s: float = 60.0
     park_after_s: float | None = None
+    # Folders of the dbt projects whose durable builds this runner may execute. A build run's
+    # project folder comes from a row its submitter wrote, so it is never trusted on its own.
+    dbt_projects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):

@@ -130,7 +130,17 @@ def _event(line: bytes) -> tuple[str, dict[str, Any], str] | None:
         return None
 
 
-def check_target(target: dict[str, Any]) -> None:
+# dbt flags a durable build may pass (with their value, where they take one); anything else
+# could change what dbt executes or where it writes, and a build's arguments come from a row
+# written by its submitter.
+_FLAGS_WITH_VALUE = {"--select", "-s", "--exclude", "--selector", "--vars", "--threads", "--resource-type"}
+_FLAGS = {"--full-refresh", "--fail-fast", "-x", "--empty", "--no-partial-parse"}
+
+
+def check_target(target: dict[str, Any], allowed_projects: tuple[str, ...] | None = None) -> None:
+    """Raise :class:`DurableError` naming the problem if ``target`` is not a build this runner
+    may execute: arguments outside the allowed dbt flags, or (with ``allowed_projects``) a
+    project or profiles folder that is not one of them."""
     args = target.get("args") or []
     owned = ("--log-format", "--log-format-file", "--log-level")
     if any(a in owned for a in args):
@@ -139,3 +149,29 @@ def check_target(target: dict[str, Any]) -> None:
             + "/".join(owned)
             + " from the dbt arguments"
         )
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise DurableError("a durable build's dbt arguments must be a list of strings")
+    expect_value = False
+    for arg in args:
+        if expect_value:
+            expect_value = False
+        elif arg in _FLAGS_WITH_VALUE:
+            expect_value = True
+        elif arg.startswith("-") and arg not in _FLAGS:
+            allowed = ", ".join(sorted(_FLAGS_WITH_VALUE | _FLAGS))
+            raise DurableError(f"dbt argument {arg!r} is not allowed in a durable build (allowed: {allowed})")
+    for key in ("target",):
+        if target.get(key) is not None and (not isinstance(target[key], str) or target[key].startswith("-")):
+            raise DurableError(f"invalid dbt {key} {target[key]!r}")
+    if allowed_projects is None:
+        return
+    served = {os.path.realpath(p) for p in allowed_projects}
+    for key in ("project_dir", "profiles_dir"):
+        folder = target.get(key)
+        if key == "profiles_dir" and folder is None:
+            continue
+        if not isinstance(folder, str) or os.path.realpath(folder) not in served:
+            raise DurableError(
+                f"this runner does not serve dbt project folder {folder!r} ({key}); start the "
+                "worker with --dbt-project FOLDER for each project whose builds it may run"
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -296,20 +297,23 @@ def compile_flow(source: str, origin: str = "<flow>", validated: bool = False) -
             flow = FlowGraph.of(ast, text, hashlib.sha256(text.encode()).hexdigest())
     except FlowError as exc:
         raise exc if origin == exc.origin else exc.relocate(origin) from None
-    recent.put(("hash", flow.graph_hash), flow)
     recent.put(("text", source), flow)
     return recent.put(key, flow)
 
 
-def stored_flow(graph_hash: str) -> FlowGraph | None:
-    """The compiled flow with this hash, if this process has compiled or loaded it."""
-    return recent.get(("hash", graph_hash))
+def load_flow(plan_text: str | None, text: str) -> FlowGraph:
+    """The flow of a stored run: decoded from its plan (JSON text), or (a run stored before
+    plans existed) compiled from its canonical text without validating it again.
 
-
-def load_flow(plan: Any, text: str, graph_hash: str) -> FlowGraph:
-    """The flow of a stored run: decoded from its plan, or (a run stored before plans
-    existed) compiled from its canonical text without validating it again."""
-    ast = plan_format.decode(plan)
-    if ast is None:
+    A run's plan is written by the role that submitted it, so the cache key is a hash of the
+    plan text itself, computed here: a forged plan can only ever run as its own run."""
+    if plan_text is None:
         return compile_flow(text, validated=True)
-    return recent.put(("hash", graph_hash), FlowGraph.of(ast, text, graph_hash))
+    key = ("plan", hashlib.sha256(plan_text.encode()).hexdigest())
+    flow = recent.get(key)
+    if flow is None:
+        ast = plan_format.decode(json.loads(plan_text))
+        if ast is None:
+            return compile_flow(text, validated=True)
+        flow = recent.put(key, FlowGraph.of(ast, text, key[1]))
+    return flow

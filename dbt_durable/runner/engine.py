@@ -38,13 +38,14 @@ from dbt_durable.errors import (
 from dbt_durable.flow import ast as A
 from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
-from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow, load_flow, stored_flow
+from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow, load_flow
 from dbt_durable.runner import faults, lease, results, steps
 from dbt_durable.runner.http import EgressDenied, RequestInvalid, SecretValues
 from dbt_durable.runner.lane import Lane, Uncertain
 from dbt_durable.runner.steps import CheckpointWriter
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
 from dbt_durable.store.queries import Queries
+from dbt_durable.store.runs import RunRow
 
 log = logging.getLogger("dbt_durable.runner")
 
@@ -164,18 +165,24 @@ class Engine:
     One Engine can execute many runs, one after the other or at the same time.
     """
 
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self, settings: Settings, clock: Callable[[], datetime] | None = None, owner: str | None = None
+    ):
         self.settings = settings
         self.q = Queries(settings.schema)
-        self.owner = secrets.token_hex(8)
+        # ``owner``: given when the caller created a run already claimed for this engine.
+        self.owner = owner or new_owner_id()
         self.clock = clock or (lambda: datetime.now(UTC))
         self.types = steps.TypeNames()
         self.pool: AsyncConnectionPool | None = None
-        self.session_role = ""
         self.ctl_pool: AsyncConnectionPool | None = None
 
     async def __aenter__(self) -> Engine:
         app = APP_PREFIX + self.owner
+        # Every connection logs in as the settings' login: a run's SQL executes as that login,
+        # so a step that runs RESET ROLE is still that login (docs/SECURITY.md). Connections go
+        # back to a pool clean (DISCARD ALL): no search_path, setting, prepared statement,
+        # temporary table or advisory lock of one run survives into another.
         self.pool = AsyncConnectionPool(
             self.settings.dsn,
             min_size=1,
@@ -184,6 +191,7 @@ class Engine:
             open=False,
             # No check on checkout (it costs a round trip per strand): a connection that died
             # with a server restart fails its step as transient, and the step is retried.
+            reset=discard_session,
             timeout=self.settings.pool_timeout_s,
         )
         # Control connections hold each run's advisory lock (its liveness) for the run's whole
@@ -195,7 +203,7 @@ class Engine:
             kwargs=connect_kwargs(self.settings.dsn, app + ":ctl"),
             open=False,
             check=AsyncConnectionPool.check_connection,
-            reset=_unlock_all,
+            reset=discard_session,
             timeout=self.settings.pool_timeout_s,
         )
         # The pools connect in the background while the probe fails fast, with a clear
@@ -204,11 +212,7 @@ class Engine:
         await self.ctl_pool.open(wait=False)
         try:
             probe = await open_async(self.settings.dsn, app)
-            try:
-                row = await (await probe.execute(b"SELECT current_user")).fetchone()
-                self.session_role = str(row[0]) if row else ""
-            finally:
-                await probe.close()
+            await probe.close()
             await self.pool.wait()
             await self.ctl_pool.wait()
         except BaseException:
@@ -266,7 +270,7 @@ class RunExecution:
         self.state: RunState | None = None
         self.flow_name = ""
         self.build_target: dict[str, Any] | None = None
-        self.run_role: str | None = None
+        self.solo: set[str] = set()  # steps whose checkpoint-before is committed separately
         self._specs: dict[str, StepSpec] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -288,17 +292,15 @@ class RunExecution:
                 s.claim_wait_s,
                 retry_failed,
             )
-            row = got.run
+            run = got.run
             if not got.taken:
-                return Outcome(self.run_id, row[6], row[11], row[12], row[13])
-            is_build = row[18] == "dbt_build"
-            flow = compile_flow("'SELECT 1'", validated=True) if is_build else await self._load_flow(ctl, row)
-            self.build_target = dict(row[19] or {}) if is_build else None
+                return Outcome(self.run_id, run.status, run.result, run.error, run.failed_node)
+            is_build = run.kind == "dbt_build"
+            flow = compile_flow("'SELECT 1'", validated=True) if is_build else await self._load_flow(ctl, run)
+            self.build_target = dict(run.dbt_args or {}) if is_build else None
             progress = await self._load_progress(ctl, flow)
-            self.flow_name = row[1]
-            # Steps run as the role that submitted the run, never as the runner's own role.
-            self.run_role = row[7] if row[7] != self.engine.session_role else None
-            self.state = RunState(self.run_id, flow, dict(row[5] or {}), progress)
+            self.flow_name = run.flow_name
+            self.state = RunState(self.run_id, flow, dict(run.vars or {}), progress)
             if got.cancel_requested is not None:
                 return await self._finish(ctl, "cancelled", None, f"cancelled: {got.cancel_requested}", None)
             beat = asyncio.create_task(
@@ -334,14 +336,13 @@ class RunExecution:
                 except psycopg.Error:
                     pass
 
-    async def _load_flow(self, ctl: psycopg.AsyncConnection, row: Any) -> FlowGraph:
-        """The run's own graph version: from this process's cache, else from its stored plan."""
-        flow = stored_flow(row[4])
-        if flow is None:
-            plan = await (await ctl.execute(self.q.load_plan, (self.run_id,))).fetchone()
-            with bulk_allocation():
-                flow = load_flow(plan[0] if plan else None, row[3], row[4])
-        return flow
+    async def _load_flow(self, ctl: psycopg.AsyncConnection, run: RunRow) -> FlowGraph:
+        """The run's own graph version, from its stored plan (or its text, for runs stored
+        before plans). The plan is written by the run's own role, so nothing in it is trusted
+        across runs: the compile cache is keyed by a hash of the very text that is executed."""
+        plan = await (await ctl.execute(self.q.load_plan_text, (self.run_id,))).fetchone()
+        with bulk_allocation():
+            return load_flow(plan[0] if plan else None, run.flow_text)
 
     async def _load_progress(self, ctl: psycopg.AsyncConnection, flow: FlowGraph) -> dict[str, NodeProgress]:
         """The run's stored node executions; results only where a replay uses them (a durable
@@ -367,13 +368,16 @@ class RunExecution:
             try:
                 return await self.strand(ROOT, ())
             except Uncertain as exc:
+                if exc.solo is not None and exc.solo not in self.solo:
+                    self.solo.add(exc.solo)  # re-walk at once: the step will fail on its own
+                    delay = 0.0
                 if loop.time() > deadline:
                     raise StepFailed(
                         ROOT, f"gave up after {self.settings.reconnect_timeout_s}s: {exc}"
                     ) from None
                 log.warning("re-walking run %s from its checkpoints: %s", self.run_id, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(max(delay * 2, 0.05), 2.0)
                 st = self.state
                 assert st is not None
                 st.progress = await self._load_progress(ctl, st.flow)
@@ -390,10 +394,14 @@ class RunExecution:
 
     async def _build(self) -> Any:
         """A durable dbt build: checkpoint every node dbt finishes; fail if dbt fails."""
-        from dbt_durable.bridge.build import run_build
+        from dbt_durable.bridge.build import check_target, run_build
 
         st = self.state
         assert st is not None and self.build_target is not None
+        try:
+            check_target(self.build_target, self.settings.dbt_projects)
+        except DurableError as exc:
+            raise StepFailed(ROOT, str(exc)) from None
         done = [p.result["name"] for p in st.progress.values() if p.status == "completed" and p.result]
         st.skipped = len(done)
 
@@ -453,7 +461,12 @@ class RunExecution:
             return await self._finish(ctl, "failed", None, exc.message, exc.exec_key)
         if isinstance(exc, Parked):
             return await self._finish(ctl, "waiting", None, exc.reason, None, exc.wake_at, exc.waiting_for)
-        raise exc
+        if isinstance(exc, (Disconnected, ConnectionFailed, psycopg.OperationalError, PoolTimeout)):
+            raise exc  # Engine.execute reconnects and resumes in place
+        # Anything else is a defect or a hostile input: it fails this run, never the process.
+        log.error("run %s failed unexpectedly", self.run_id, exc_info=exc)
+        message = f"internal error while executing the run: {type(exc).__name__}: {exc}"
+        return await self._finish(ctl, "failed", None, message[:2000], None)
 
     async def _finish(
         self,
@@ -475,18 +488,9 @@ class RunExecution:
             "run_id": self.run_id,
             "owner": self.engine.owner,
         }
-        async with ctl.transaction():
-            cur = await ctl.execute(self.q.finish_run, params)
-            if await cur.fetchone() is None:
-                return Outcome(self.run_id, "lost", error="lease lost to another runner")
-            await ctl.execute(
-                self.q.insert_run_event,
-                (
-                    self.run_id,
-                    f"run_{status}",
-                    Jsonb({"error": error, "failed_node": failed_node}),
-                ),
-            )
+        row = await (await ctl.execute(self.q.finish_run, params)).fetchone()
+        if not (row and row[0]):
+            return Outcome(self.run_id, "lost", error="lease lost to another runner")
         st = self.state
         return Outcome(
             self.run_id, status, result, error, failed_node, st.skipped if st else 0, st.executed if st else 0
@@ -505,7 +509,7 @@ class RunExecution:
             caps,
             self.run_id,
             self.flow_name,
-            self.run_role,
+            self.solo,
         )
 
     async def strand(self, node_id: str, iters: tuple[int, ...]) -> Any:
@@ -698,6 +702,13 @@ class RunExecution:
                 raise StepFailed(key, str(exc)) from None
             except (PoolTimeout, psycopg.Error, DurableError, OSError, TimeoutError) as exc:
                 error = exc
+            except (Parked, BreakLoop):
+                raise
+            except Exception as exc:  # e.g. a value that cannot be encoded: retrying cannot help
+                message = f"{type(exc).__name__}: {exc}"[:2000]
+                await lane.release()
+                await self._fail(key, node_id, ast, attempt, message)
+                raise StepFailed(key, message) from None
             message = str(error) or type(error).__name__
             if isinstance(error, PoolTimeout):
                 message = f"no database connection free within {self.settings.pool_timeout_s}s: {message}"
@@ -819,7 +830,8 @@ class RunExecution:
             async with self._state_connection() as conn:
                 async with conn.transaction():
                     cur = await conn.execute(
-                        self.q.consume_signal, {"exec_key": key, "run_id": self.run_id, "name": ast.name}
+                        self.q.consume_signal,
+                        {"exec_key": key, "run_id": self.run_id, "name": ast.name, "owner": self.engine.owner},
                     )
                     row = await cur.fetchone()
                     if row is not None:
@@ -883,9 +895,7 @@ class RunExecution:
     async def _event(self, key: str, kind: str, detail: dict[str, Any]) -> None:
         assert self.engine.pool is not None
         async with self._state_connection() as conn:
-            await conn.execute(
-                self.q.insert_run_event, (self.run_id, kind, Jsonb({"exec_key": key, **detail}))
-            )
+            await conn.execute(self.q.record_event, (self.run_id, kind, Jsonb({"exec_key": key, **detail})))
 
     def _state_connection(self) -> Any:
         """A pooled connection for state writes. These wait longer than steps do: a failure
@@ -942,6 +952,19 @@ def _next_slot(ast: A.WaitSchedule, now: datetime) -> datetime:
     return nxt.astimezone(UTC)
 
 
-async def _unlock_all(conn: psycopg.AsyncConnection) -> None:
-    """Control-pool reset: no run's advisory lock may outlive the execution that took it."""
-    await conn.execute(b"SELECT pg_advisory_unlock_all()")
+async def cancel_and_wait(tasks: set[asyncio.Task[Any]] | list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended (their errors are dropped)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def new_owner_id() -> str:
+    """A runner's owner id: 16 hex digits (the lease code relies on the shape)."""
+    return secrets.token_hex(8)
+
+
+async def discard_session(conn: psycopg.AsyncConnection) -> None:
+    """Pool reset: the next run gets a session with nothing of this one's (settings,
+    search_path, advisory locks, prepared statements, temporary tables, LISTENs)."""
+    await conn.execute(b"DISCARD ALL")

@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
 from dbt_durable.errors import DurableError
@@ -38,8 +38,15 @@ class Uncertain(DurableError):
     """A round trip failed and the pending checkpoint may not have committed.
 
     The runner re-walks the run from the database (a resume in place): whatever committed is
-    skipped, whatever did not runs again.
+    skipped, whatever did not runs again. ``solo``: the step whose combined round trip failed
+    while the connection stayed up (a syntax error fails the whole round trip before anything
+    runs); on the re-walk the lane commits the previous checkpoint on its own before that step,
+    so the step's error is reported at the step, once.
     """
+
+    def __init__(self, message: str, solo: str | None = None):
+        super().__init__(message)
+        self.solo = solo
 
 
 class Lane:
@@ -55,7 +62,7 @@ class Lane:
         caps: tuple[int, int],
         run_id: str,
         flow_name: str,
-        role: str | None = None,
+        solo: set[str] | None = None,
     ):
         self.pool = pool
         self.checkpoints = checkpoints
@@ -65,7 +72,7 @@ class Lane:
         self.caps = caps
         self.run_id = run_id
         self.flow_name = flow_name
-        self.role = role
+        self.solo = solo if solo is not None else set()
         self.conn: psycopg.AsyncConnection | None = None
         self.wire: Wire | None = None
         self._cm: AbstractAsyncContextManager[psycopg.AsyncConnection] | None = None
@@ -77,14 +84,6 @@ class Lane:
         if self.conn is None:
             self._cm = self.pool.connection()
             self.conn = await self._cm.__aenter__()
-            if self.role:
-                try:
-                    await self.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.role)))
-                except psycopg.Error as exc:
-                    await self.discard()
-                    raise StepSqlError(
-                        f"cannot run as role {self.role!r}, which submitted the run: {_describe(exc)}"
-                    ) from None
             self.wire = Wire(self.conn)
         return self.conn
 
@@ -97,6 +96,8 @@ class Lane:
         :class:`Uncertain`, or the fence's LeaseLost / RunCancelled.
         """
         conn = await self.connection()
+        if self.pending is not None and key in self.solo:
+            await self.flush()
         head = b"BEGIN;" if self.pending is None else self.pending + b";COMMIT;BEGIN;"
         if timeout_s:
             head += f"SET LOCAL statement_timeout = {int(timeout_s * 1000)};".encode()
@@ -104,7 +105,7 @@ class Lane:
         try:
             res = (await self.wire.query(head + b"\n" + step_sql.encode()))[-1]
         except psycopg.Error as exc:
-            await self._after_error(exc)
+            await self._after_error(exc, key)
             raise StepSqlError(_describe(exc), transient=conn.broken) from None
         self._committed_pending()
         faults.hit("in_step", key, self.flow_name)
@@ -151,13 +152,8 @@ class Lane:
             self.wire.detach()
             self.wire = None
         if self._cm is not None:
-            cm, conn, self._cm, self.conn = self._cm, self.conn, None, None
-            if self.role and conn is not None and not conn.broken:
-                try:  # the connection goes back to the pool as the runner's own role
-                    await conn.execute(b"ROLLBACK; RESET ROLE")
-                except psycopg.Error:
-                    await conn.close()
-            await cm.__aexit__(None, None, None)
+            cm, self._cm, self.conn = self._cm, None, None
+            await cm.__aexit__(None, None, None)  # the pool rolls back and discards the session
 
     def _committed_pending(self) -> None:
         if self.pending_key is not None:
@@ -165,8 +161,10 @@ class Lane:
             self.pending = self.pending_key = None
             faults.hit("after_commit", key, self.flow_name)
 
-    async def _after_error(self, exc: psycopg.Error) -> None:
-        """After a failed round trip: did the pending checkpoint commit? Raise if unsure."""
+    async def _after_error(self, exc: psycopg.Error, step_key: str | None = None) -> None:
+        """After a failed round trip: did the pending checkpoint commit? Raise if unsure.
+
+        ``step_key``: the step sent in the same round trip, if any."""
         if self.wire is not None:
             self.wire.detach()
         fenced = fence_error(exc)
@@ -189,8 +187,9 @@ class Lane:
             except psycopg.Error:
                 committed = False
         if not committed:
+            solo = step_key if conn is not None and not conn.broken else None
             await self.discard()
-            raise Uncertain(f"the checkpoint of {key} did not commit: {_describe(exc)}") from None
+            raise Uncertain(f"the checkpoint of {key} did not commit: {_describe(exc)}", solo) from None
         faults.hit("after_commit", key, self.flow_name)
 
     async def _rollback(self) -> None:

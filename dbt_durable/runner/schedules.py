@@ -12,6 +12,7 @@ previous run is still unfinished is recorded as skipped; with ``allow`` it runs 
 
 from __future__ import annotations
 
+import logging
 import zoneinfo
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,7 +25,9 @@ from psycopg.types.json import Jsonb
 from dbt_durable.errors import ConfigError
 from dbt_durable.graph.build import compile_flow
 from dbt_durable.store.queries import Queries
-from dbt_durable.store.runs import new_run_params
+from dbt_durable.store.runs import build_run_params, new_run_params
+
+log = logging.getLogger("dbt_durable.schedules")
 
 ON_TIME_S = 60.0
 CATCHUP = ("none", "latest", "all")
@@ -76,31 +79,64 @@ def schedule_flow_name(name: str, target: dict[str, Any]) -> str:
 async def fire_due_schedules(
     conn: psycopg.AsyncConnection, q: Queries, clock: Callable[[], datetime] | None = None
 ) -> list[str]:
-    """Fire every due slot of every unpaused schedule; returns the created run ids."""
+    """Fire every due slot of the login's unpaused schedules; returns the created run ids.
+
+    Each schedule fires in a savepoint of its own: a schedule that cannot fire (a bad cron,
+    time zone or flow) is paused with its error in ``last_error`` and never stops a worker.
+    The runs are submitted by the login, which owns the schedule, so they run as its owner.
+    """
     now = clock() if clock else datetime.now(UTC)
     created: list[str] = []
     async with conn.transaction():
         cur = await conn.execute(q.due_schedules)
         for name, cron, tz, target, catchup, max_catchup, last, made, overlap in await cur.fetchall():
-            slots = due_slots(cron, tz, last or made, now, catchup, max_catchup)
-            if not slots:
-                continue
-            flow_name = schedule_flow_name(name, target)
-            busy = await (await conn.execute(q.unfinished_count, (flow_name,))).fetchone()
-            if overlap == "skip" and busy and busy[0]:
-                await conn.execute(q.schedule_fired, (slots[-1], name))
-                detail = {
-                    "schedule": name,
-                    "skipped": [s.isoformat() for s in slots],
-                    "reason": "previous run still unfinished (overlap=skip)",
-                }
-                await conn.execute(q.insert_schedule_event, (Jsonb(detail), flow_name))
-                continue
-            for slot in slots:
-                run_id = await _create_slot_run(conn, q, name, flow_name, target, slot)
-                if run_id:
-                    created.append(run_id)
-            await conn.execute(q.schedule_fired, (slots[-1], name))
+            try:
+                async with conn.transaction():
+                    created += await _fire(
+                        conn, q, name, cron, tz, target, catchup, max_catchup, last or made, overlap, now
+                    )
+            except psycopg.OperationalError:
+                raise
+            except Exception as exc:  # a bad row must not stop the worker
+                log.error("schedule %r cannot fire and is paused: %s", name, exc)
+                await conn.execute(q.schedule_fired, (name, None, f"{type(exc).__name__}: {exc}"[:2000]))
+    return created
+
+
+async def _fire(
+    conn: psycopg.AsyncConnection,
+    q: Queries,
+    name: str,
+    cron: str,
+    tz: str,
+    target: dict[str, Any],
+    catchup: str,
+    max_catchup: int,
+    after: datetime,
+    overlap: str,
+    now: datetime,
+) -> list[str]:
+    check_schedule(cron, tz, catchup, overlap)
+    slots = due_slots(cron, tz, after, now, catchup, max_catchup)
+    if not slots:
+        return []
+    flow_name = schedule_flow_name(name, target)
+    busy = await (await conn.execute(q.unfinished_run, (flow_name,))).fetchone()
+    if overlap == "skip" and busy:
+        detail = {
+            "schedule": name,
+            "skipped": [s.isoformat() for s in slots],
+            "reason": "previous run still unfinished (overlap=skip)",
+        }
+        await conn.execute(q.record_event, (busy[0], "slot_skipped", Jsonb(detail)))
+        await conn.execute(q.schedule_fired, (name, slots[-1], None))
+        return []
+    created = []
+    for slot in slots:
+        run_id = await _create_slot_run(conn, q, name, flow_name, target, slot)
+        if run_id:
+            created.append(run_id)
+    await conn.execute(q.schedule_fired, (name, slots[-1], None))
     return created
 
 
@@ -114,15 +150,9 @@ async def _create_slot_run(
 ) -> str | None:
     vars = {"schedule_slot": slot.isoformat(), "schedule_name": name}
     if target.get("kind") == "dbt_build":
-        params = {
-            "flow_name": flow_name,
-            "run_key": slot.isoformat(),
-            "dbt_args": Jsonb(target),
-            "vars": Jsonb(vars),
-        }
-        cur = await conn.execute(q.insert_build_run, params)
+        params = build_run_params(flow_name, slot.isoformat(), target, vars)
     else:
         flow = compile_flow(str(target["flow"]), f"schedule {name}")
-        cur = await conn.execute(q.insert_run, new_run_params(flow, flow_name, slot.isoformat(), vars))
-    row = await cur.fetchone()
-    return str(row[0]) if row else None
+        params = new_run_params(flow, flow_name, slot.isoformat(), vars)
+    row = await (await conn.execute(q.create_run, params)).fetchone()
+    return str(row[0]) if row and row[1] else None

@@ -65,8 +65,9 @@ def _last_result(cur: psycopg.AsyncCursor[Any]) -> pq.abc.PGresult | None:
 
 
 def _text_literal(value: Any) -> str:
-    # Connections run with standard_conforming_strings=on (checked at connect), so doubling
-    # quotes is a complete escape; NUL cannot occur (jsonb and the ids reject it).
+    """A SQL literal that reads the same whatever the session's standard_conforming_strings
+    (a step can change it): an E'' string, with backslashes and quotes escaped. NUL cannot
+    occur (jsonb and the ids reject it)."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
@@ -76,7 +77,7 @@ def _text_literal(value: Any) -> str:
     text = value.isoformat() if hasattr(value, "isoformat") else str(value)
     if "\x00" in text:
         raise DurableError("a checkpoint value contains a NUL character")
-    return "'" + text.replace("'", "''") + "'"
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 class CheckpointWriter:

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from dbt_durable.config import Settings
-from dbt_durable.runner.engine import Engine, Outcome
+from dbt_durable.errors import ConnectionFailed, RunNotFound
+from dbt_durable.runner.engine import Engine, Outcome, cancel_and_wait
 from dbt_durable.runner.lease import RunBusy
 from dbt_durable.runner.schedules import fire_due_schedules
 from dbt_durable.store.connect import APP_PREFIX, open_async, open_sync
@@ -34,6 +36,8 @@ log = logging.getLogger("dbt_durable.worker")
 CHANNELS = ("dbt_durable_wake", "dbt_durable_signal")
 CLAIM_LATENCIES_KEPT = 10_000
 SCHEDULE_CHECK_S = 1.0
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 5.0
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Worker:
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._fired_at = -SCHEDULE_CHECK_S
 
     def stop(self) -> None:
         """Ask the worker to stop: running runs are interrupted and handed back at once."""
@@ -82,63 +87,74 @@ class Worker:
         with open_sync(self.settings.dsn) as conn:
             migrate(conn, self.settings.schema)
         async with Engine(self.settings, clock=self.clock) as engine:
-            listener = await open_async(self.settings.dsn, APP_PREFIX + engine.owner + ":listen")
-            for channel in CHANNELS:
-                await listener.execute(f"LISTEN {channel}".encode())
-            listening = asyncio.create_task(self._listen(listener))
+            listening = asyncio.create_task(self._listen(engine))
             beating = asyncio.create_task(self._heartbeat(engine))
             active: set[asyncio.Task[None]] = set()
             try:
                 await self._loop(engine, active)
             finally:
-                for task in active:
-                    task.cancel()
-                await asyncio.gather(*active, return_exceptions=True)
-                for task in (listening, beating):
-                    task.cancel()
-                await asyncio.gather(listening, beating, return_exceptions=True)
-                await listener.close()
+                await cancel_and_wait(active)
+                await cancel_and_wait({listening, beating})
                 await self._gone(engine)
         return self.stats
 
     async def _loop(self, engine: Engine, active: set[asyncio.Task[None]]) -> None:
+        """Claim and start runs until stopped. A lost database (a restart, a failover, a
+        terminated session) is waited out with backoff: the worker never exits because of it."""
+        delay = RECONNECT_MIN_S
+        while not self._stopping.is_set():
+            try:
+                done = await self._pass(engine, active)
+                delay = RECONNECT_MIN_S
+            except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, ConnectionFailed) as exc:
+                log.warning("worker lost the database (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            if done:
+                return
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if woken (a notification, a finished run, stop())."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _pass(self, engine: Engine, active: set[asyncio.Task[None]]) -> bool:
+        """One claim pass, then a wait for more work; True when a ``once`` worker is done."""
         assert engine.pool is not None
         loop = asyncio.get_running_loop()
-        fired_at = -SCHEDULE_CHECK_S
-        while not self._stopping.is_set():
-            self._wake.clear()
-            async with engine.pool.connection() as conn:
-                # Cron slots are minutes apart: a busy worker (a pass per finished run) checks
-                # them at most once a second, not once per run.
-                if loop.time() - fired_at >= SCHEDULE_CHECK_S:
-                    await fire_due_schedules(conn, engine.q, self.clock)
-                    fired_at = loop.time()
-                claimed: list[str] = []
-                free = self.runs_at_once - len(active)
-                if free > 0:
-                    began = time.perf_counter()
-                    cur = await conn.execute(
-                        engine.q.claim_runnable, {"ttl": self.settings.lease_ttl_s, "limit": free}
-                    )
-                    claimed = [str(row[0]) for row in await cur.fetchall()]
-                    if claimed:
-                        self.stats.claim_latencies_s.append(time.perf_counter() - began)
-                more_now = bool(claimed) and len(active) + len(claimed) < self.runs_at_once
-                next_wake = None if more_now else await self._next_wake(conn, engine)
-            for run_id in claimed:
-                self.stats.claimed += 1
-                task = asyncio.create_task(self._execute(engine, run_id))
-                active.add(task)
-                task.add_done_callback(self._finished_callback(active))
-            if self.once and not claimed and not active:
-                return
-            if more_now:
-                continue  # more may be runnable right away
-            timeout = self.poll_s if next_wake is None else max(0.01, min(self.poll_s, next_wake))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+        self._wake.clear()
+        async with engine.pool.connection() as conn:
+            # Cron slots are minutes apart: a busy worker (a pass per finished run) checks
+            # them at most once a second, not once per run.
+            if loop.time() - self._fired_at >= SCHEDULE_CHECK_S:
+                await fire_due_schedules(conn, engine.q, self.clock)
+                self._fired_at = loop.time()
+            claimed: list[str] = []
+            free = self.runs_at_once - len(active)
+            if free > 0:
+                began = time.perf_counter()
+                cur = await conn.execute(
+                    engine.q.claim_runnable, {"ttl": self.settings.lease_ttl_s, "limit": free}
+                )
+                claimed = [str(row[0]) for row in await cur.fetchall()]
+                if claimed:
+                    self.stats.claim_latencies_s.append(time.perf_counter() - began)
+            more_now = bool(claimed) and len(active) + len(claimed) < self.runs_at_once
+            next_wake = None if more_now else await self._next_wake(conn, engine)
+        for run_id in claimed:
+            self.stats.claimed += 1
+            task = asyncio.create_task(self._execute(engine, run_id))
+            active.add(task)
+            task.add_done_callback(self._finished_callback(active))
+        if self.once and not claimed and not active:
+            return True
+        if more_now:
+            return False  # more may be runnable right away
+        await self._sleep(self.poll_s if next_wake is None else max(0.01, min(self.poll_s, next_wake)))
+        return False
 
     async def _next_wake(self, conn: psycopg.AsyncConnection, engine: Engine) -> float | None:
         """Seconds until the earliest parked run is due, if any run is parked."""
@@ -156,23 +172,39 @@ class Worker:
     async def _execute(self, engine: Engine, run_id: str) -> None:
         try:
             outcome = await engine.execute(run_id)
-        except RunBusy:
+        except (RunBusy, RunNotFound):
             return
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug or an outage; the run stays claimable once its lease expires
+        except Exception:  # an outage past the reconnect window; the run stays claimable
             log.exception("run %s stopped unexpectedly", run_id)
             return
         self.stats.finished[outcome.status] = self.stats.finished.get(outcome.status, 0) + 1
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
-    async def _listen(self, conn: psycopg.AsyncConnection) -> None:
-        try:
-            async for _ in conn.notifies():
-                self._wake.set()
-        except psycopg.Error:
-            log.warning("lost the LISTEN connection; polling every %ss", self.poll_s)
+    async def _listen(self, engine: Engine) -> None:
+        """Wake the loop on notifications; after a lost connection, poll and listen again."""
+        delay = RECONNECT_MIN_S
+        while True:
+            try:
+                conn = await open_async(self.settings.dsn, APP_PREFIX + engine.owner + ":listen")
+            except ConnectionFailed:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            try:
+                for channel in CHANNELS:
+                    await conn.execute(f"LISTEN {channel}".encode())
+                delay = RECONNECT_MIN_S
+                self._wake.set()  # anything sent while we were not listening is polled now
+                async for _ in conn.notifies():
+                    self._wake.set()
+            except psycopg.Error:
+                log.warning("lost the LISTEN connection; polling every %ss until it is back", self.poll_s)
+            finally:
+                await conn.close()
+            await asyncio.sleep(delay)
 
     async def _heartbeat(self, engine: Engine) -> None:
         assert engine.pool is not None

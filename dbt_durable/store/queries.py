@@ -9,46 +9,31 @@ from __future__ import annotations
 
 from psycopg import sql
 
-INSERT_RUN = """
-INSERT INTO {s}.runs (flow_name, run_key, flow_text, graph, graph_hash, plan, vars, status)
-VALUES (%(flow_name)s, %(run_key)s, %(flow_text)s, %(graph)s, %(graph_hash)s, %(plan)s, %(vars)s, 'pending')
-ON CONFLICT (flow_name, run_key) WHERE run_key IS NOT NULL DO NOTHING
-RETURNING run_id
+# Runs are created (and retired) only through the runtime's functions; see
+# runtime/migrations/0007_security.sql. With ``owner`` the run is created already claimed.
+CREATE_RUN = """
+SELECT run_id, created, status, graph_hash, vars FROM {s}.create_run(
+    %(flow_name)s, %(run_key)s, %(flow_text)s, %(graph)s, %(graph_hash)s, %(plan)s, %(vars)s,
+    %(kind)s, %(dbt_args)s, %(owner)s, %(ttl)s)
 """
 
-INSERT_RUN_EVENT = """
-INSERT INTO {s}.events (run_id, kind, detail) VALUES (%s, %s, %s)
-"""
+RECORD_EVENT = "SELECT {s}.record_event(%s, %s, %s)"
 
-RUN_BY_KEY = """
-SELECT run_id, graph_hash, vars, status FROM {s}.runs WHERE flow_name = %s AND run_key = %s
-"""
-
+# Reads see every run the login may watch (RLS); a login creates, resumes and executes only
+# its own runs, so the reads that lead to those filter on the login.
 LATEST_UNFINISHED = """
 SELECT run_id, graph_hash, vars, status FROM {s}.runs
- WHERE flow_name = %s AND status IN ('pending', 'running', 'waiting', 'failed')
+ WHERE submitted_by_oid = {s}.session_oid() AND flow_name = %s
+   AND status IN ('pending', 'running', 'waiting', 'failed')
  ORDER BY created_at DESC LIMIT 1
 """
 
-RETIRE_RUN = """
-UPDATE {s}.runs SET status = 'cancelled', cancel_requested = 'superseded by a fresh start',
-       error = 'superseded by a fresh start', finished_at = now(), updated_at = now()
- WHERE run_id = %s AND status IN ('pending', 'running', 'waiting', 'failed')
-"""
-
-RETIRE_KEY = """
-UPDATE {s}.runs SET run_key = run_key || ':superseded:' || run_id::text,
-       status = CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN status ELSE 'cancelled' END,
-       cancel_requested = CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN cancel_requested
-                               ELSE 'superseded by a fresh start' END,
-       finished_at = coalesce(finished_at, now()), updated_at = now()
- WHERE run_id = %s
-"""
+RETIRE_RUN = "SELECT {s}.retire_run(%s, %s)"
 
 GET_RUN = """
 SELECT run_id, flow_name, run_key, flow_text, graph_hash, vars, status, submitted_by, lease_owner,
        lease_expires_at, cancel_requested, result, error, failed_node, created_at, started_at,
-       finished_at, updated_at, kind, dbt_args
+       finished_at, updated_at, kind, dbt_args, submitted_by_oid, crash_claims
   FROM {s}.runs WHERE run_id = %s
 """
 
@@ -63,7 +48,7 @@ SELECT exec_key, node_id, kind, status, attempts, result, error, wake_at, starte
   FROM {s}.nodes WHERE run_id = %s ORDER BY started_at, exec_key
 """
 
-LOAD_PLAN = "SELECT plan FROM {s}.runs WHERE run_id = %s"
+LOAD_PLAN_TEXT = "SELECT plan::text FROM {s}.runs WHERE run_id = %s"
 
 # Resume loads what is done (and what is parked: durable timers). Results are read only for
 # the nodes whose stored result a replay uses (``needed``, node ids; all with ``all_results``):
@@ -79,154 +64,83 @@ ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
 ADVISORY_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
 
-# Backends of a runner that is gone; its in-flight transactions roll back with them.
+# Backends of a runner that is gone (or frozen past its lease); its in-flight transactions roll
+# back with them. Only backends of this very login: the lease owner comes from a row the login
+# can write, so it is never trusted to reach anyone else's sessions. %(lock)s: the run's lock
+# name, whose holder (a frozen runner's control connection) is terminated too.
 TERMINATE_OWNER = """
-SELECT count(pg_terminate_backend(pid, 5000))
-  FROM pg_stat_activity
- WHERE application_name = %s AND pid <> pg_backend_pid()
+SELECT count(pg_terminate_backend(a.pid, 5000))
+  FROM pg_stat_activity a
+ WHERE a.usename = session_user AND a.pid <> pg_backend_pid()
+   AND (a.application_name = %(app)s OR left(a.application_name, length(%(app)s) + 1) = %(app)s || ':'
+        OR a.pid IN (SELECT l.pid FROM pg_locks l
+                      WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+                        AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%(lock)s, 0)))
 """
 
-# The first statement of a takeover: the exclusive side of the checkpoint fence (the key is the
-# one in runtime/migrations/0006_advisory_fence.sql), so in-flight checkpoints commit first.
-FENCE_TAKEOVER = "SELECT pg_advisory_xact_lock(1684174884, hashtext(%s::text))"
-
-LOCK_RUN = """
-SELECT status, lease_owner, cancel_requested FROM {s}.runs WHERE run_id = %s FOR UPDATE
+TAKE_RUN = """
+SELECT taken, status, cancel_requested FROM {s}.take_run(%(run_id)s, %(owner)s, %(ttl)s, %(retry_failed)s,
+                                                      %(max_crashes)s)
 """
 
-TAKE_LEASE = """
-UPDATE {s}.runs
-   SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(ttl)s),
-       status = 'running', started_at = coalesce(started_at, now()), updated_at = now(),
-       error = NULL, failed_node = NULL, finished_at = NULL
- WHERE run_id = %(run_id)s
+LEASE_EXPIRED = """
+SELECT lease_expires_at < now() FROM {s}.runs WHERE run_id = %s
 """
 
-RESET_FAILED_NODES = """
-UPDATE {s}.nodes SET status = 'cancelled' WHERE run_id = %s AND status IN ('failed', 'running')
-"""
-
-HEARTBEAT = """
-UPDATE {s}.runs SET lease_expires_at = now() + make_interval(secs => %s)
- WHERE run_id = %s AND lease_owner = %s
-RETURNING cancel_requested
-"""
+HEARTBEAT = "SELECT cancel_requested FROM {s}.renew_lease(%s, %s, %s)"
 
 FINISH_RUN = """
-UPDATE {s}.runs
-   SET status = %(status)s, result = %(result)s, error = %(error)s, failed_node = %(failed_node)s,
-       finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'cancelled') THEN now() END,
-       wake_at = %(wake_at)s, waiting_for = %(waiting_for)s, lease_owner = NULL, lease_expires_at = NULL,
-       updated_at = now()
- WHERE run_id = %(run_id)s AND lease_owner = %(owner)s
-RETURNING run_id
+SELECT {s}.finish_run(%(run_id)s, %(owner)s, %(status)s, %(result)s, %(error)s, %(failed_node)s,
+                      %(wake_at)s, %(waiting_for)s)
 """
 
 NODE_STATUS = "SELECT status FROM {s}.nodes WHERE run_id = %s AND exec_key = %s"
 
-# Shutdown: hand the run back at once (the lease is expired, the owner kept so that the next
-# runner terminates any backend this one leaves behind).
-RELEASE_LEASE = """
-UPDATE {s}.runs SET lease_expires_at = now() - interval '1 second', updated_at = now()
- WHERE run_id = %s AND lease_owner = %s
-"""
+# Shutdown: hand the run back at once.
+RELEASE_LEASE = "SELECT {s}.release_lease(%s, %s)"
 
-# A worker takes due runs; SKIP LOCKED lets many workers share the queue without waiting.
-CLAIM_RUNNABLE = """
-WITH pending AS (
-    SELECT run_id, created_at AS due FROM {s}.runs
-     WHERE status = 'pending' ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), woken AS (
-    SELECT run_id, wake_at AS due FROM {s}.runs
-     WHERE status = 'waiting' AND wake_at <= now() ORDER BY wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), signalled AS (
-    SELECT c.run_id, c.created_at AS due FROM {s}.runs c
-     WHERE c.status = 'waiting' AND (c.cancel_requested IS NOT NULL OR EXISTS (
-            SELECT 1 FROM {s}.signals g
-             WHERE g.run_id = c.run_id AND g.name = c.waiting_for AND g.consumed_at IS NULL))
-     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), orphaned AS (
-    SELECT run_id, lease_expires_at AS due FROM {s}.runs
-     WHERE status = 'running' AND lease_expires_at < now()
-     ORDER BY lease_expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), chosen AS (
-    SELECT run_id FROM (SELECT * FROM pending UNION ALL SELECT * FROM woken
-                        UNION ALL SELECT * FROM signalled UNION ALL SELECT * FROM orphaned) AS due_runs
-     ORDER BY due LIMIT %(limit)s
-)
-UPDATE {s}.runs AS r SET status = 'running', lease_expires_at = now() + make_interval(secs => %(ttl)s),
-       updated_at = now()
-  FROM chosen WHERE r.run_id = chosen.run_id
-RETURNING r.run_id
-"""
+# A worker takes due runs of its login; SKIP LOCKED lets many workers share the queue.
+CLAIM_RUNNABLE = "SELECT claim_runs FROM {s}.claim_runs(%(ttl)s, %(limit)s)"
 
-NEXT_WAKE = """
-SELECT extract(epoch FROM min(wake_at) - now()) FROM {s}.runs WHERE status = 'waiting' AND wake_at IS NOT NULL
-"""
+NEXT_WAKE = "SELECT {s}.next_wake()"
 
-WORKER_HEARTBEAT = """
-INSERT INTO {s}.workers (worker_id, hostname, pid) VALUES (%s, %s, %s)
-ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
-"""
+WORKER_HEARTBEAT = "SELECT {s}.worker_beat(%s, %s, %s)"
 
-WORKER_GONE = "DELETE FROM {s}.workers WHERE worker_id = %s"
+WORKER_GONE = "SELECT {s}.worker_gone(%s)"
 
 DUE_SCHEDULES = """
 SELECT name, cron, tz, target, catchup, max_catchup, last_fired_slot, created_at, overlap
-  FROM {s}.schedules WHERE NOT paused ORDER BY name FOR UPDATE SKIP LOCKED
+  FROM {s}.lock_schedules()
 """
 
-UNFINISHED_COUNT = """
-SELECT count(*) FROM {s}.runs WHERE flow_name = %s AND status IN ('pending', 'running', 'waiting')
+UNFINISHED_RUN = """
+SELECT run_id FROM {s}.runs
+ WHERE submitted_by_oid = {s}.session_oid() AND flow_name = %s AND status IN ('pending', 'running', 'waiting')
+ ORDER BY created_at DESC LIMIT 1
 """
 
-SCHEDULE_FIRED = """
-UPDATE {s}.schedules SET last_fired_slot = greatest(last_fired_slot, %s), updated_at = now() WHERE name = %s
-"""
-
-# A skipped slot is recorded on the unfinished run that blocked it.
-INSERT_SCHEDULE_EVENT = """
-INSERT INTO {s}.events (run_id, kind, detail)
-SELECT run_id, 'slot_skipped', %s FROM {s}.runs
- WHERE flow_name = %s AND status IN ('pending', 'running', 'waiting') ORDER BY created_at DESC LIMIT 1
-"""
-
-INSERT_BUILD_RUN = """
-INSERT INTO {s}.runs (flow_name, run_key, flow_text, graph, graph_hash, vars, status, kind, dbt_args)
-VALUES (%(flow_name)s, %(run_key)s, '', '{"nodes": []}', '', %(vars)s, 'pending', 'dbt_build', %(dbt_args)s)
-ON CONFLICT (flow_name, run_key) WHERE run_key IS NOT NULL DO NOTHING
-RETURNING run_id
-"""
+SCHEDULE_FIRED = "SELECT {s}.schedule_fired(%s, %s, %s)"
 
 UPSERT_SCHEDULE = """
-INSERT INTO {s}.schedules (name, cron, tz, target, catchup, max_catchup, overlap)
-VALUES (%(name)s, %(cron)s, %(tz)s, %(target)s, %(catchup)s, %(max_catchup)s, %(overlap)s)
-ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, tz = EXCLUDED.tz, target = EXCLUDED.target,
-       catchup = EXCLUDED.catchup, max_catchup = EXCLUDED.max_catchup, overlap = EXCLUDED.overlap,
-       updated_at = now()
-RETURNING (xmax = 0) AS created
+SELECT {s}.save_schedule(%(name)s, %(cron)s, %(tz)s, %(target)s, %(catchup)s, %(max_catchup)s, %(overlap)s)
 """
 
 LIST_SCHEDULES = """
-SELECT name, cron, tz, target, catchup, max_catchup, overlap, paused, last_fired_slot, created_at
-  FROM {s}.schedules ORDER BY name
+SELECT name, cron, tz, target, catchup, max_catchup, overlap, paused, last_fired_slot, created_at,
+       created_by, last_error
+  FROM {s}.schedules ORDER BY name, created_by
 """
 
-PAUSE_SCHEDULE = "UPDATE {s}.schedules SET paused = %s, updated_at = now() WHERE name = %s RETURNING name"
+PAUSE_SCHEDULE = "SELECT {s}.pause_schedule(%s, %s)"
 
-REMOVE_SCHEDULE = "DELETE FROM {s}.schedules WHERE name = %s RETURNING name"
+REMOVE_SCHEDULE = "SELECT {s}.remove_schedule(%s)"
 
 CHECKPOINT = "SELECT {s}.checkpoint_node(%s, %s, %s, %s, %s, %s, %s, %s)"
 
 MARK_NODE = "SELECT {s}.mark_node(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 CONSUME_SIGNAL = """
-UPDATE {s}.signals SET consumed_by = %(exec_key)s, consumed_at = now()
- WHERE (run_id, signal_id) = (
-        SELECT run_id, signal_id FROM {s}.signals
-         WHERE run_id = %(run_id)s AND name = %(name)s AND consumed_at IS NULL
-         ORDER BY signal_id LIMIT 1 FOR UPDATE SKIP LOCKED)
-RETURNING payload, sent_at
+SELECT payload, sent_at FROM {s}.consume_signal(%(run_id)s, %(owner)s, %(name)s, %(exec_key)s)
 """
 
 SEND_SIGNAL = "SELECT {s}.signal(%s, %s, %s)"

@@ -70,20 +70,40 @@ def test_a_role_cannot_see_signal_cancel_or_resume_another_roles_runs(
         ).fetchone() == (0,)
 
 
-def test_worker_runs_each_step_as_the_submitting_role(space: Space, roles: dict[str, str]) -> None:
+def test_a_worker_runs_each_run_on_its_submitters_login(space: Space, roles: dict[str, str]) -> None:
     from tests.integration.test_worker import worker
 
     alice = as_role(space, roles, "alice")
-    run_id = alice.start("'SELECT current_user AS who, session_user AS login'", wait=False).run_id
+    run_id = alice.start(
+        "'RESET ROLE' ~> 'SELECT current_user AS who, session_user AS login'", wait=False
+    ).run_id
+    # The worker's own login is not alice: it serves her runs only through her login.
+    w = worker(
+        Space(space.admin_dsn, roles["worker_dsn"], space.schema, space.work),
+        "--once",
+        "--login",
+        roles["alice_dsn"],
+    )
+    assert w.wait(timeout=60) == 0
+    assert alice.result(run_id)["rows"] == [{"who": roles["alice"], "login": roles["alice"]}]
+
+
+def test_a_worker_without_the_login_leaves_the_run_alone(space: Space, roles: dict[str, str]) -> None:
+    from tests.integration.test_worker import worker
+
+    alice = as_role(space, roles, "alice")
+    run_id = alice.start("'SELECT 1'", wait=False).run_id
+    # The worker role is even a member of alice (GRANT alice TO worker): membership lets it
+    # watch alice's runs, never execute them.
     w = worker(Space(space.admin_dsn, roles["worker_dsn"], space.schema, space.work), "--once")
     assert w.wait(timeout=60) == 0
-    assert alice.result(run_id)["rows"] == [{"who": roles["alice"], "login": roles["worker"]}]
+    assert alice.get_run(run_id)["status"] == "pending"
+    assert as_role(space, roles, "worker").get_run(run_id)["status"] == "pending"
 
 
-def test_a_worker_not_granted_the_role_cannot_run_its_steps(space: Space, roles: dict[str, str]) -> None:
+def test_a_role_not_granted_cannot_see_the_run(space: Space, roles: dict[str, str]) -> None:
     bob = as_role(space, roles, "bob")
     run_id = bob.start("'SELECT 1'", wait=False).run_id
-    # The worker is not a member of bob: it does not even see bob's run.
     worker_client = as_role(space, roles, "worker")
     with pytest.raises(RunNotFound):
         worker_client.get_run(run_id)
