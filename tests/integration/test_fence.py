@@ -21,7 +21,8 @@ from tests.conftest import Space
 def _running_run(space: Space, owner: str) -> str:
     space.query("CREATE TABLE effects (step text)")
     run_id = space.client().start("'SELECT 1'", wait=False).run_id
-    space.query("UPDATE {state}.runs SET status = 'running', lease_owner = %s", (owner,))
+    with psycopg.connect(space.dsn, autocommit=True) as conn:
+        _take_over(conn, Queries(space.schema), run_id, owner)
     return run_id
 
 
@@ -32,9 +33,12 @@ def _checkpoint(q: Queries, run_id: str, owner: str) -> bytes:
 
 def _take_over(conn: psycopg.Connection, q: Queries, run_id: str, owner: str) -> None:
     with conn.transaction():
-        conn.execute(q.fence_takeover, (run_id,))
-        conn.execute(q.lock_run, (run_id,))
-        conn.execute(q.take_lease, {"owner": owner, "ttl": 60, "run_id": run_id})
+        params = {"run_id": run_id, "owner": owner, "ttl": 60, "retry_failed": False, "max_crashes": 8}
+        assert conn.execute(q.take_run, params).fetchone() == (
+            True,
+            "pending" if owner == "old" else "running",
+            None,
+        )
 
 
 def test_a_checkpoint_after_a_takeover_is_refused_and_its_step_rolls_back(space: Space) -> None:
