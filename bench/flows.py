@@ -28,7 +28,7 @@ def _group_text(g: int) -> str:
     name = f"v_{g % BIND_NAMES}"
     return (
         f"('SELECT {g} AS v' |=> '{name}')"
-        f" ~> ('SELECT ${name} + 1' & ('SELECT 2' ~> 'SELECT 3') & 'SELECT 4')"
+        f" ~> join('SELECT ${name} + 1', 'SELECT 2' ~> 'SELECT 3', 'SELECT 4')"
         f" ~> 'SELECT ${name} * 2'"
     )
 

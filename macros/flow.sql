@@ -3,7 +3,7 @@
 
     {{ config(materialized='durable') }}
     {% call dbt_durable.flow() %}
-      'INSERT INTO ...' ~> 'SELECT ...' |=> 'n' ~> ...
+      'INSERT INTO ...' ~> ('SELECT ...' |=> 'n') ~> ...
     {% endcall %}
 
   Jinja renders first (ref, source, var, this and macros all work inside the step strings);

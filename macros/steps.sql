@@ -19,10 +19,10 @@
 {%- set cursor = name ~ '_cursor' -%}
 {%- set predicate = '(' ~ key ~ ' > $' ~ cursor ~ '.upto AND ' ~ key ~ ' <= $' ~ cursor ~ '.upto + ' ~ batch_size ~ ')' -%}
 ($dd$SELECT coalesce(min({{ key }}), 1) - 1 AS lo, coalesce(max({{ key }}), 0) AS hi FROM {{ relation }}$dd$ |=> '{{ range }}'
- ~> 'SELECT ${{ range }}.lo AS upto' |=> '{{ cursor }}'
+ ~> ('SELECT ${{ range }}.lo AS upto' |=> '{{ cursor }}')
  ~> loop(
       $dd${{ step | replace('__batch__', predicate) }}$dd$
-      ~> 'SELECT ${{ cursor }}.upto + {{ batch_size }} AS upto' |=> '{{ cursor }}',
+      ~> ('SELECT ${{ cursor }}.upto + {{ batch_size }} AS upto' |=> '{{ cursor }}'),
       'SELECT ${{ cursor }}.upto < ${{ range }}.hi'))
 {%- endmacro %}
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.crash
 # Uses every operator; each SQL step leaves one row in `effects` (the loop one per iteration).
 FLOW = """
 'CREATE TABLE IF NOT EXISTS effects(step text, n int)'
-~> 'INSERT INTO effects VALUES (''s1'', 1) RETURNING n' |=> 'a'
+~> ('INSERT INTO effects VALUES (''s1'', 1) RETURNING n' |=> 'a')
 ~> ('INSERT INTO effects VALUES (''j1'', $a)' & 'INSERT INTO effects VALUES (''j2'', $a)'
     & ('SELECT pg_sleep(0.05)' ~> 'INSERT INTO effects VALUES (''j3'', $a)'))
 ~> loop('INSERT INTO effects SELECT ''loop'', count(*) FROM effects WHERE step = ''loop'' RETURNING n' |=> 'it',
@@ -75,8 +75,8 @@ FAULTS = [
     "before_step@0.1.0",  # before a step
     "in_step@0.1.0",  # inside a step's transaction, SQL done, no checkpoint
     "after_commit@0.1.0",  # right after a commit
-    "in_step@0.2.1",  # inside a join (siblings in flight)
-    "after_commit@0.2.0",  # a join branch committed, others may not have
+    "in_step@0.2.0.1",  # inside a join (siblings in flight); j1 & j2 & ... nests: ((j1 & j2) & ...)
+    "after_commit@0.2.0.0",  # a join branch committed, others may not have
     "in_step@0.3.0.0#2",  # inside a loop iteration
     "after_commit@0.3.1#1",  # between loop iterations
     "in_step@0.4.1",  # inside a conditional branch

@@ -29,7 +29,7 @@ def test_sequence_runs_in_order_and_returns_the_last_result(space: Space) -> Non
 
 def test_join_runs_branches_in_parallel_and_returns_all_results(space: Space) -> None:
     branch = "'SELECT {n} AS n, clock_timestamp() AS started, pg_sleep(0.3)::text AS s, clock_timestamp() AS ended'"
-    out = run(space, " & ".join(branch.format(n=n) for n in (1, 2, 3)))
+    out = run(space, "join(" + ", ".join(branch.format(n=n) for n in (1, 2, 3)) + ")")
     assert out.status == "completed"
     rows = [r["rows"][0] for r in out.result]
     assert [r["n"] for r in rows] == [1, 2, 3]  # results in branch order
@@ -130,7 +130,7 @@ def test_rowset_expansion_keeps_types(space: Space) -> None:
         space,
         "'SELECT g AS id, ''item '' || g AS label, g * 1.5 AS w FROM generate_series(1, 3) g' |=> 'batch'"
         " ~> 'SELECT sum(id) AS s, string_agg(label, ''|'') AS l, sum(w) AS w FROM $batch.*'"
-        " ~> 'SELECT 1 AS x WHERE false' |=> 'empty' ~> 'SELECT count(*) AS c FROM $empty.*'",
+        " ~> ('SELECT 1 AS x WHERE false' |=> 'empty') ~> 'SELECT count(*) AS c FROM $empty.*'",
     )
     assert out.status == "completed", out.error
     assert out.result["rows"] == [{"c": 0}]
@@ -262,7 +262,7 @@ def test_cancel_interrupts_a_running_statement(space: Space) -> None:
 def test_signal_sent_before_the_wait_is_buffered(space: Space) -> None:
     client = space.client()
     started = client.start(
-        "'SELECT 1' ~> wait_for_signal('go') |=> 's' ~> 'SELECT $s.payload AS p'", wait=False
+        "'SELECT 1' ~> (wait_for_signal('go') |=> 's') ~> 'SELECT $s.payload AS p'", wait=False
     )
     client.signal(started.run_id, "go", {"ok": True})
     out = client.resume(started.run_id)

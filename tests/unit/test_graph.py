@@ -35,7 +35,7 @@ def test_graph_is_a_tree_rooted_at_0_with_ordered_children() -> None:
     [
         ("break()", "break() outside of a loop", 1, 1),
         ("'select $nope'", "$nope is never bound", 1, 9),
-        ("'a' ~>\n 'select 1,\n $later' ~> 'b' |=> 'later'", "$later is bound only later", 3, 2),
+        ("'a' ~>\n 'select 1,\n $later' ~> ('b' |=> 'later')", "$later is bound only later", 3, 2),
         ("if_rows('r', 'a')", "$r is not bound", 1, 1),
     ],
 )
@@ -47,7 +47,7 @@ def test_validation_errors_have_positions(text: str, message: str, line: int, co
 
 
 def test_bindings_visible_in_later_loop_iterations_and_null_safe_refs_are_exempt() -> None:
-    compile_flow("loop('select $n?' ~> 'select 1' |=> 'n', 'select $n < 3')")
+    compile_flow("loop('select $n?' ~> ('select 1' |=> 'n'), 'select $n < 3')")
     compile_flow("'select $maybe?'")
 
 

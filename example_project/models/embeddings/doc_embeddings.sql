@@ -20,5 +20,5 @@
         name='embed') }}
 ~> 'CREATE INDEX CONCURRENTLY IF NOT EXISTS doc_embeddings_hnsw ON {{ this }} USING hnsw (embedding vector_cosine_ops)'
      with (transaction=false)
-~> 'SELECT count(*) AS vectors FROM {{ this }}' |=> 'embedded'
+~> ('SELECT count(*) AS vectors FROM {{ this }}' |=> 'embedded')
 {% endcall %}

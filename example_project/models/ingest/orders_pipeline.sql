@@ -15,5 +15,5 @@
 ~> {{ dbt_durable.publish(this,
         'SELECT DISTINCT ON (source_order_id) source_order_id AS order_id, customer_id, category, amount, ordered_at
            FROM ' ~ staged ~ ' ORDER BY source_order_id, order_id') }}
-~> 'SELECT count(*) AS orders, sum(amount) AS revenue FROM {{ this }}' |=> 'published'
+~> ('SELECT count(*) AS orders, sum(amount) AS revenue FROM {{ this }}' |=> 'published')
 {% endcall %}
