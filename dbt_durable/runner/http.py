@@ -1,14 +1,22 @@
 """HTTP steps: httpx with a timeout, a response-size cap and an egress guard.
 
 Secrets: ``{env:NAME}`` in a URL, body or headers is replaced, when the step runs, by the
-runner's environment variable NAME. The value is never stored: not in the run (the flow text
-keeps the reference), not in results or events, not in error messages (masked as ``***``).
-Response headers that carry credentials (set-cookie, authorization) are masked in results.
+runner's environment variable NAME. Only the flow's own text is expanded: a value substituted
+into the text (``$name``, ``{var}``) is inserted verbatim, never scanned for ``{env:...}``
+(:func:`render_request_text`). If ``DBT_DURABLE_ENV_ALLOW`` is set (comma-separated names), only
+the names it lists may be read; set but empty allows none. A value is never stored: not in
+the run (the flow text keeps the reference), not in results or events, not in error messages
+(masked as ``***`` in every encoding it may come back in: as is, URL-encoded and
+JSON-escaped). Response headers that carry credentials (set-cookie, authorization) are masked
+in results.
 
-Egress to loopback, private, link-local, multicast, reserved and cloud-metadata addresses is
-denied unless ``DBT_DURABLE_HTTP_ALLOW`` lists the host (comma-separated). The check runs on
-every address the name resolves to, and the request is sent to the checked address, so a
-DNS answer that changes between check and connect (rebinding) cannot slip through.
+Egress is denied to every address that is not globally routable unicast: loopback, private,
+CGNAT, link-local, multicast, broadcast, reserved, documentation and benchmark ranges, the
+cloud-metadata address, and IPv6 transition forms (6to4, Teredo, local NAT64, site-local,
+discard-only); an IPv4-mapped or well-known-NAT64 IPv6 address is judged by its embedded IPv4
+address. Hosts listed in ``DBT_DURABLE_HTTP_ALLOW`` (comma-separated) are exempt. The check
+runs on every address the name resolves to, and the request is sent to the checked address,
+so a DNS answer that changes between check and connect (rebinding) cannot slip through.
 """
 
 from __future__ import annotations
@@ -19,15 +27,42 @@ import json
 import os
 import re
 import socket
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from dbt_durable.errors import BindingError, DurableError, ResultTooLarge
 from dbt_durable.flow import ast as A
 
 DEFAULT_TIMEOUT_S = 30.0
 ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_ALLOW = "DBT_DURABLE_ENV_ALLOW"
 CREDENTIAL_HEADERS = {"set-cookie", "authorization", "proxy-authorization", "cookie", "x-api-key"}
+MASK = "***"
+
+
+def _encodings(secret: str) -> set[str]:
+    """The forms in which ``secret`` may come back in a response or an error message."""
+    forms = {secret}
+    # "" and "/": urllib's quote and quote_plus; the rest: httpx's URL normalisation, which
+    # encodes only what may not appear in a URL.
+    for safe in ("", "/", "!#$&'()*+,/:;=?@[]~", "!#$%&'()*+,/:;=?@[]~"):
+        forms.add(quote(secret, safe=safe))
+        forms.add(quote_plus(secret, safe=safe))
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms.add(escaped)
+        forms.add(escaped.replace("/", "\\/"))  # some encoders escape "/" too
+    return {f for f in forms if f}
+
+
+def _pattern(form: str) -> str:
+    # Hex digits of %XX and \uXXXX escapes match in either case; all else matches exactly.
+    def hex_either(m: re.Match[str]) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in m.group())
+
+    escaped = re.escape(form)
+    return re.sub(r"%[0-9A-F]{2}|\\\\u[0-9a-f]{4}", hex_either, escaped)
 
 
 class SecretValues:
@@ -35,29 +70,71 @@ class SecretValues:
 
     def __init__(self) -> None:
         self.values: set[str] = set()
+        self._masker: re.Pattern[str] | None = None
+
+    def value(self, name: str) -> str:
+        """The environment variable ``name`` (remembered for masking).
+
+        Raises :class:`BindingError` if it is not set, or not allowed by ``DBT_DURABLE_ENV_ALLOW``.
+        """
+        allow = os.environ.get(ENV_ALLOW)
+        if allow is not None and name not in {n.strip() for n in allow.split(",")}:
+            raise BindingError(f"{{env:{name}}}: {name} is not in {ENV_ALLOW}, so the runner may not read it")
+        if name not in os.environ:
+            raise BindingError(f"{{env:{name}}}: the runner has no environment variable {name}")
+        secret = os.environ[name]
+        if secret:
+            self.values.add(secret)
+            self._masker = None
+        return secret
 
     def fill(self, text: str) -> str:
-        def value(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise BindingError(f"{{env:{name}}}: the runner has no environment variable {name}")
-            secret = os.environ[name]
-            if secret:
-                self.values.add(secret)
-            return secret
-
-        return ENV_REF.sub(value, text)
+        """``text`` with every ``{env:NAME}`` replaced by its value. Only for the flow's own
+        text; for text with substituted values use :func:`render_request_text`."""
+        return ENV_REF.sub(lambda m: self.value(m.group(1)), text)
 
     def mask(self, text: str) -> str:
-        for secret in sorted(self.values, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
+        """``text`` with every secret, in every encoding of :func:`_encodings`, as ``***``."""
+        if not self.values:
+            return text
+        if self._masker is None:
+            forms = {f for s in self.values for f in _encodings(s)}
+            # Longest first, so a secret is masked whole rather than around a shorter one.
+            self._masker = re.compile("|".join(_pattern(f) for f in sorted(forms, key=len, reverse=True)))
+        return self._masker.sub(MASK, text)
+
+    def mask_value(self, value: Any) -> Any:
+        """``value`` (JSON data) with every string, keys included, masked."""
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, dict):
+            return {self.mask(str(k)): self.mask_value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.mask_value(v) for v in value]
+        return value
 
     def mask_json(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` with secrets and credential headers masked (what gets stored)."""
-        headers = {k: ("***" if k.lower() in CREDENTIAL_HEADERS else v) for k, v in result["headers"].items()}
-        masked: dict[str, Any] = json.loads(self.mask(json.dumps({**result, "headers": headers})))
+        headers = {k: (MASK if k.lower() in CREDENTIAL_HEADERS else v) for k, v in result["headers"].items()}
+        masked: dict[str, Any] = self.mask_value({**result, "headers": headers})
         return masked
+
+
+def render_request_text(template: str, substitute: Callable[[str], str], secrets: SecretValues) -> str:
+    """``template`` (a URL, body or headers of the flow) with ``{env:NAME}`` expanded and every
+    other piece passed through ``substitute`` (``$name`` / ``{var}`` rendering).
+
+    ``{env:NAME}`` is recognised in the template only: the pieces between the references are
+    substituted separately and the secrets are joined in afterwards, so no substituted value
+    is ever scanned for ``{env:...}`` and no secret is ever scanned for ``$name``.
+    """
+    out: list[str] = []
+    pos = 0
+    for m in ENV_REF.finditer(template):
+        out += [substitute(template[pos : m.start()]), secrets.value(m.group(1))]
+        pos = m.end()
+    out.append(substitute(template[pos:]))
+    return "".join(out)
 
 
 class EgressDenied(DurableError):
@@ -76,35 +153,90 @@ def _allowed_hosts() -> set[str]:
     return {h.strip().lower() for h in os.environ.get("DBT_DURABLE_HTTP_ALLOW", "").split(",") if h.strip()}
 
 
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Denied whatever the running Python's ipaddress tables say (they differ between versions).
+DENIED_V4 = [
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # CGNAT shared space
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, cloud metadata
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255 broadcast
+    )
+]
+DENIED_V6 = [
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/96",  # unspecified, loopback and deprecated IPv4-compatible
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments, Teredo 2001::/32 among them
+        "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4: reaches any IPv4 address, private ones included
+        "3fff::/20",  # documentation
+        "5f00::/16",  # SRv6 SIDs
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+]
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _is_public(ip: IPAddress) -> bool:
+    """Whether egress may reach ``ip``: globally routable unicast only (see the module doc)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = ipaddress.IPv6Address(ip.packed)  # drop any %scope
+        embedded = ip.ipv4_mapped or (ipaddress.IPv4Address(ip.packed[-4:]) if ip in NAT64 else None)
+        if embedded is not None:
+            return _is_public(embedded)
+        if any(ip in net for net in DENIED_V6):
+            return False
+    elif any(ip in net for net in DENIED_V4):
+        return False
+    return ip.is_global and not (
         ip.is_private
         or ip.is_loopback
         or ip.is_link_local
         or ip.is_multicast
         or ip.is_reserved
         or ip.is_unspecified
-        or not ip.is_global
     )
 
 
 async def resolve_checked(host: str, port: int) -> str:
-    """An address of ``host`` that egress may reach; raises :class:`EgressDenied` otherwise."""
+    """An address of ``host`` that egress may reach; raises :class:`EgressDenied` otherwise.
+
+    Every address the name resolves to must be public (unless ``host`` is in
+    ``DBT_DURABLE_HTTP_ALLOW``); the one returned is the one to connect to.
+    """
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise HttpFailed(f"cannot resolve {host!r}: {exc}") from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not addresses:
+        raise HttpFailed(f"cannot resolve {host!r}: no addresses")
     if host.lower() in _allowed_hosts():
         return str(addresses[0])
     denied = [str(a) for a in addresses if not _is_public(a)]
     if denied:
         raise EgressDenied(
-            f"egress to {host} ({', '.join(denied)}) is denied: private, loopback, link-local and "
-            "metadata addresses need DBT_DURABLE_HTTP_ALLOW"
+            f"egress to {host} ({', '.join(denied)}) is denied: private, loopback, link-local, "
+            "metadata and other non-public addresses need DBT_DURABLE_HTTP_ALLOW"
         )
     return str(addresses[0])
 
@@ -122,6 +254,8 @@ def _headers(raw: str | None) -> dict[str, str]:
     for key, value in parsed.items():
         if not isinstance(value, (str, int, float)) or any(c in str(key) + str(value) for c in "\r\n\0"):
             raise RequestInvalid(f"http() header {key!r} has an invalid value")
+        if not (str(key) + str(value)).isascii():  # httpx would fail on it with a bare UnicodeError
+            raise RequestInvalid(f"http() header {key!r} is not ASCII; percent-encode its value")
         out[str(key)] = str(value)
     return out
 
@@ -137,14 +271,18 @@ async def run_http(
 ) -> dict[str, Any]:
     """Send the request; return ``{"status", "headers", "body", "json"}``.
 
-    Raises :class:`HttpFailed` on transport errors and 5xx answers (retryable).
+    Raises :class:`HttpFailed` on transport errors and 5xx answers (retryable), and only
+    :class:`DurableError` subclasses otherwise, so the caller can mask every message.
     """
     import httpx
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise RequestInvalid(f"http() url {url!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RequestInvalid(f"http() url {url!r} is not an http(s) URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     address = await resolve_checked(parts.hostname, port)
     headers = {"Idempotency-Key": idempotency_key, **_headers(headers_text)}
     timeout = timeout_s or ast.timeout_s or DEFAULT_TIMEOUT_S
@@ -166,6 +304,8 @@ async def run_http(
                     chunks.append(chunk)
     except httpx.HTTPError as exc:
         raise HttpFailed(f"{ast.method} {url}: {type(exc).__name__}: {exc}") from None
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise RequestInvalid(f"{ast.method} {url}: {type(exc).__name__}: {exc}") from None
     text = b"".join(chunks).decode(resp.encoding or "utf-8", errors="replace")
     if resp.status_code >= 500:
         raise HttpFailed(f"{ast.method} {url} answered {resp.status_code}")

@@ -36,7 +36,7 @@ CODE_TEMPLATES = [
     ("SELECT /* $v */ $v AS x -- $v", lambda v: v),
     ("SELECT $v AS x\n-- $v\n", lambda v: v),
     ("SELECT $t$ $$ $t$ || $v AS x", lambda v: " $$ " + v),
-    ("SELECT \"a$\".y FROM (SELECT $v AS y) AS \"a$\"", lambda v: v),
+    ('SELECT "a$".y FROM (SELECT $v AS y) AS "a$"', lambda v: v),
 ]
 SETTINGS = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
