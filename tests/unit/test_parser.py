@@ -225,3 +225,43 @@ def test_arbitrary_text_never_raises_anything_but_flow_error(text: str) -> None:
         parse(text)
     except FlowError as err:
         assert err.line >= 1 and err.col >= 1
+
+
+# Random operator text, as a user would write it (every operator, parentheses, prefix @>,
+# options after steps): whatever parses prints to text that parses to the same tree.
+_steps = st.sampled_from(["'a'", "'b'", "$$c$$", "sleep(1)", "'d' with (retries=2)", "df.sql('e')"])
+
+
+def _text_chain(operands: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    link = st.one_of(
+        st.tuples(st.sampled_from(["~>", "&", "|", "?>", "!>"]), operands),
+        st.tuples(st.just("|=>"), st.sampled_from(["'x'", "'y'"])),
+    )
+    return st.tuples(operands, st.lists(link, max_size=5)).map(
+        lambda parts: " ".join([parts[0]] + [f"{op} {right}" for op, right in parts[1]])
+    )
+
+
+def _text_operands(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    grouped = st.one_of(_steps, inner.map(lambda e: f"({e})"), inner.map(lambda e: f"join({e}, 'z')"))
+    return st.one_of(grouped, grouped.map(lambda e: f"@> {e}"))
+
+
+operator_texts = st.recursive(
+    _text_chain(st.one_of(_steps, _steps.map(lambda e: f"@> {e}"))),
+    lambda inner: _text_chain(_text_operands(inner)),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(operator_texts)
+def test_printed_text_of_any_parsed_expression_parses_back_the_same(text: str) -> None:
+    try:
+        node = parse(text)
+    except FlowError as err:
+        assert err.line >= 1 and err.col >= 1
+        return
+    printed = to_text(node)
+    assert parse(printed) == node, printed
+    assert to_text(parse(printed)) == printed  # canonical: printing is a fixed point
