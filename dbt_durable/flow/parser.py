@@ -198,11 +198,14 @@ class Parser:
         pos = self.pos_of(first)
         node = self.unary()
         bare_partial = False  # node is a ``c ?> t`` built by this chain, not yet completed
+        run: list[A.Node] | None = None  # the items of a ``~>`` run, built into one Seq at its end
         while True:
             tok = self.peek()
-            if tok.kind != "op" or tok.value not in BINARY_OPS:
+            op = tok.value if tok.kind == "op" and tok.value in BINARY_OPS else ""
+            if run is not None and op != "~>":
+                node, run = A.Seq(tuple(run), pos=pos), None
+            if not op:
                 return node
-            op = tok.value
             if bare_partial and op != "!>":
                 raise self.error(
                     f"'?>' without '!>' cannot be the left side of {op!r} (PostgreSQL reads it as "
@@ -233,7 +236,9 @@ class Parser:
                 continue
             right = self.unary()
             if op == "~>":
-                node = A.Seq(_seq_items(node) + _seq_items(right), pos=pos)
+                if run is None:
+                    run = list(_seq_items(node))
+                run.extend(_seq_items(right))
             elif op == "&":
                 node = A.Join((node, right), pos=pos)
             elif op == "|":
