@@ -13,6 +13,7 @@ schemas and to grant CREATE; every attack runs on the attacker's own login.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -21,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import psycopg
@@ -29,6 +31,7 @@ from psycopg import conninfo, sql
 
 from dbt_durable.api import Client
 from dbt_durable.config import Settings
+from dbt_durable.runner.worker import Worker, WorkerStats
 from tests.conftest import Space
 
 ANALYSTS = ("a", "b")
@@ -226,3 +229,20 @@ def tenants(space: Space) -> Iterator[Tenants]:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(space.schema)))
         for who in ("outsider", "b", "a", "worker", "owner"):
             t.drop_role(who)
+
+
+def serve(t: Tenants, *whos: str, clock: Callable[[], datetime] | None = None, **kw: Any) -> list[WorkerStats]:
+    """In-process ``--once`` workers for the logins of ``whos`` (``clock``: the workers' now)."""
+
+    async def go() -> list[WorkerStats]:
+        workers = [
+            Worker(t.settings(who, **kw), poll_s=0.2, park_after_s=0.3, once=True, clock=clock) for who in whos
+        ]
+        return list(await asyncio.gather(*(w.run() for w in workers)))
+
+    return asyncio.run(go())
+
+
+def later(seconds: float) -> Callable[[], datetime]:
+    """A clock ``seconds`` ahead of the real one (due cron slots without waiting for them)."""
+    return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
