@@ -199,6 +199,7 @@ class Parser:
         node = self.unary()
         bare_partial = False  # node is a ``c ?> t`` built by this chain, not yet completed
         run: list[A.Node] | None = None  # the items of a ``~>`` run, built into one Seq at its end
+        levels = self.depth  # how deep the node being built nests: each operator wraps it once
         while True:
             tok = self.peek()
             op = tok.value if tok.kind == "op" and tok.value in BINARY_OPS else ""
@@ -213,6 +214,14 @@ class Parser:
                     f"or (c ?> t) {op} ... to run the if first",
                     tok,
                 )
+            if op != "!>" and not (op == "~>" and run is not None):  # '!>' and a longer run: no new level
+                levels += 1
+                if levels > MAX_NESTING:
+                    raise self.error(
+                        f"flow is nested more than {MAX_NESTING} levels deep (operators nest to the "
+                        "left: write a wide fan-out as join(a, b, ...) or race(a, b, ...))",
+                        tok,
+                    )
             self.advance()
             bare_partial = False
             if op == "|=>":

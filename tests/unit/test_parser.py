@@ -163,6 +163,11 @@ def test_errors_name_line_and_column_with_a_caret(text: str, line: int, col: int
 def test_nesting_limit_is_a_flow_error() -> None:
     with pytest.raises(FlowError, match="nested more than"):
         parse("(" * 500 + "'a'" + ")" * 500)
+    # Chains of & and | nest to the left, so a very wide one is too deep; ~> chains stay flat.
+    with pytest.raises(FlowError, match=r"write a wide fan-out as join\(a, b, ...\)"):
+        parse(" & ".join(["'a'"] * 300))
+    assert len(parse("join(" + ", ".join(["'a'"] * 300) + ")").items) == 300  # type: ignore[attr-defined]
+    assert len(parse(" ~> ".join(["'a'"] * 5000)).items) == 5000  # type: ignore[attr-defined]
 
 
 # -- property tests -------------------------------------------------------------------------
