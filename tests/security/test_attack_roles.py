@@ -3,6 +3,8 @@ returns to the submitter itself, and SET ROLE / set_config('role') to anyone els
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tests.security.conftest import Tenants
 
 
@@ -28,23 +30,14 @@ def test_a_step_cannot_switch_to_another_role_on_a_worker_holding_every_login(te
         "delete_b": "DELETE FROM {b}.secret",
         "read_b_after_set": f"SET ROLE {b_role}; SELECT v FROM {{b}}.secret",
     }
-    runs = {
-        label: a.start(
-            q(t.flow(text)) + " ~> " + q(t.flow(f"INSERT INTO {{a}}.seen(label) VALUES ('{label} next')")),
-            name=label,
-            wait=False,
-        ).run_id
-        for label, text in attempts.items()
-    }
-    own = (
-        t.client("b")
-        .start(
-            q(t.flow("RESET ROLE; SELECT v, session_user AS sess, current_user AS cur FROM {b}.secret")),
-            wait=False,
-        )
-        .run_id
-    )
-    t.run_worker("a", "b")
+
+    def start(label: str, text: str) -> Callable[[], str]:
+        then = q(t.flow(f"INSERT INTO {{a}}.seen(label) VALUES ('{label} next')"))
+        return lambda: a.start(q(t.flow(text)) + " ~> " + then, name=label, wait=False).run_id
+
+    b_flow = q(t.flow("RESET ROLE; SELECT v, session_user AS sess, current_user AS cur FROM {b}.secret"))
+    own = t.client("b").start(b_flow, wait=False).run_id
+    runs = t.run_in_batches({label: start(label, text) for label, text in attempts.items()}, "a", "b")
 
     statuses = {label: t.status(run_id) for label, run_id in runs.items()}
     assert statuses == {label: ("completed" if label == "reset" else "failed") for label in attempts}
