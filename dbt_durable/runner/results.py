@@ -11,8 +11,9 @@ Guarantees of :func:`render` (SQL steps), per lexical position of a reference (r
   is quoted as ``'...'`` (quotes doubled) or, if it has a backslash, as ``E'...'`` (quotes
   and backslashes doubled); both read the same whatever ``standard_conforming_strings`` is,
   so no connection is needed to quote. A space is put between the literal and a directly
-  adjacent quote, letter or ``&`` (so it cannot merge into ``U&'...'`` or ``'a''b'``), and a
-  negative integer is parenthesized (``1-$v`` must not become the comment ``1--5``).
+  adjacent quote, letter or ``&`` (so it cannot merge into ``U&'...'``, ``'a''b'`` or an
+  identifier), and a negative integer is parenthesized (``1-$v`` must not become the
+  comment ``1--5``).
 - **Comment** (``--`` or ``/* */``): left untouched. A comment never executes, and an
   unrendered reference there cannot fail the step.
 - **String literal, quoted identifier, dollar quote**: refused with a :class:`BindingError`
@@ -400,7 +401,7 @@ def render(text: str, bindings: dict[str, Any], conn: Any, max_rowset: int = 10_
         # Keep the literal a token of its own (see the module doc).
         if before in "'\"&" or before.isalnum() or before == "_":
             value = " " + value
-        if after in "'\"":
+        if after in "'\"" or after.isalnum() or after == "_":
             value += " "
         out += [text[pos : ref.start], value]
         pos = ref.end
