@@ -167,8 +167,7 @@ class Tenants:
     def run_in_batches(self, starts: dict[str, Callable[[], str]], *logins: str, **kw: Any) -> dict[str, str]:
         """Start the runs of ``starts`` (label -> start function returning a run id) at most
         ``BATCH`` at a time, each batch drained by a ``--once`` worker; returns label -> run id.
-        (More runs of one login per worker process hit the prepared-statement bug of
-        test_attack_sessions.py, which would hide what these tests look at.)"""
+        (Keeps each worker short; see test_a_worker_serves_many_runs_of_one_login for many.)"""
         runs: dict[str, str] = {}
         labels = list(starts)
         for i in range(0, len(labels), BATCH):
