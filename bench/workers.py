@@ -52,14 +52,14 @@ class Drain:
 def queue(settings: Settings, runs: int) -> None:
     """A fresh state schema holding ``runs`` pending runs of ``'SELECT 1'``.
 
-    Each row is what ``client.start(flow, wait=False)`` inserts (``new_run_params`` and
-    ``Queries.insert_run``, without the ``run_created`` event), all in one transaction.
+    Each row is what ``client.start(flow, wait=False)`` creates (``new_run_params`` and
+    ``Queries.create_run``), all in one transaction.
     """
     drop_schemas(settings.dsn, settings.schema)
     Client(settings).migrate()
     params = new_run_params(compile_flow(flows.TRIVIAL), "bench_worker", None, {})
     with connect(settings.dsn) as conn, conn.transaction():
-        conn.cursor().executemany(Queries(settings.schema).insert_run, [params] * runs)
+        conn.cursor().executemany(Queries(settings.schema).create_run, [params] * runs)
 
 
 def _spawn(settings: Settings, out: Path, log: IO[str]) -> subprocess.Popen[str]:

@@ -40,7 +40,7 @@ from dbt_durable.flow.parser import parse_duration
 from dbt_durable.flow.refs import VAR
 from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow, load_flow
 from dbt_durable.runner import faults, lease, results, steps
-from dbt_durable.runner.http import EgressDenied, RequestInvalid, SecretValues
+from dbt_durable.runner.http import EgressDenied, RequestInvalid, SecretValues, render_request_text
 from dbt_durable.runner.lane import Lane, Uncertain
 from dbt_durable.runner.steps import CheckpointWriter
 from dbt_durable.store.connect import APP_PREFIX, connect_kwargs, open_async
@@ -750,10 +750,13 @@ class RunExecution:
             from dbt_durable.runner.http import run_http
 
             secrets = SecretValues()
+
+            def substitute(piece: str) -> str:
+                return self._substitute(piece, node_id, iters, attempt, None, raw=True)
+
+            # {env:NAME} is expanded in the flow's own text only, never in substituted values.
             text = {
-                f: secrets.fill(self._substitute(getattr(ast, f), node_id, iters, attempt, None, raw=True))
-                if getattr(ast, f)
-                else None
+                f: render_request_text(getattr(ast, f), substitute, secrets) if getattr(ast, f) else None
                 for f in ("url", "body", "headers")
             }
             idem = self._idempotency_key(key, attempt)
@@ -831,7 +834,12 @@ class RunExecution:
                 async with conn.transaction():
                     cur = await conn.execute(
                         self.q.consume_signal,
-                        {"exec_key": key, "run_id": self.run_id, "name": ast.name, "owner": self.engine.owner},
+                        {
+                            "exec_key": key,
+                            "run_id": self.run_id,
+                            "name": ast.name,
+                            "owner": self.engine.owner,
+                        },
                     )
                     row = await cur.fetchone()
                     if row is not None:

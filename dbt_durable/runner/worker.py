@@ -214,7 +214,7 @@ class Worker:
                     await conn.execute(
                         engine.q.worker_heartbeat, (engine.owner, socket.gethostname(), os.getpid())
                     )
-            except psycopg.Error:
+            except (psycopg.Error, PoolTimeout):  # an outage: the next beat tries again
                 log.warning("worker heartbeat failed")
             await asyncio.sleep(5.0)
 

@@ -100,9 +100,15 @@ def connect_kwargs(dsn: str, application_name: str) -> dict[str, object]:
     """Keyword arguments for psycopg connections of one runner."""
     try:
         conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise ConnectionFailed(f"invalid DSN {mask_dsn(dsn)!r}: {exc}") from None
-    return {"autocommit": True, "application_name": application_name[:63]}
+    except psycopg.ProgrammingError:
+        # libpq's own message can quote part of a malformed password, so it is not shown.
+        raise ConnectionFailed(
+            f"invalid DSN {mask_dsn(dsn)!r}: expected a postgresql:// URI or key=value pairs "
+            "(quote values that contain spaces: password='a b')"
+        ) from None
+    # No server-side prepared statements: pooled sessions are reset with DISCARD ALL between
+    # runs, which drops them behind psycopg's back.
+    return {"autocommit": True, "application_name": application_name[:63], "prepare_threshold": None}
 
 
 async def open_async(dsn: str, application_name: str) -> psycopg.AsyncConnection:

@@ -33,6 +33,7 @@ UPDATE __SCHEMA__.runs r SET submitted_by_oid = a.oid FROM pg_catalog.pg_roles a
 UPDATE __SCHEMA__.runs SET submitted_by_oid = 0 WHERE submitted_by_oid IS NULL;  -- role gone: nobody's
 ALTER TABLE __SCHEMA__.runs ALTER COLUMN submitted_by_oid SET NOT NULL;
 ALTER TABLE __SCHEMA__.runs ALTER COLUMN submitted_by SET DEFAULT session_user;
+ALTER TABLE __SCHEMA__.runs ALTER COLUMN submitted_by_oid SET DEFAULT __SCHEMA__.session_oid();
 
 -- Consecutive takeovers of the run from a runner that died with it; reset when it finishes
 -- or parks. Past the limit in take_run the run is quarantined instead of crashing more runners.

@@ -174,7 +174,6 @@ def test_an_echoed_secret_is_stored_in_no_encoding(space: Space, server: str) ->
         assert form not in dump, form
 
 
-@pytest.mark.xfail(strict=True, reason="engine.py must call render_request_text (issue #10 item 7)")
 def test_env_inside_a_substituted_value_is_never_expanded(space: Space, server: str) -> None:
     flow = f"'SELECT ''{{env:DD_SECRET}}'' AS v' |=> 'p' ~> http('{server}/s', 'POST', '$p')"
     out = space.client().start(flow).outcome
