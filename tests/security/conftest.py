@@ -262,3 +262,31 @@ def serve(
 def later(seconds: float) -> Callable[[], datetime]:
     """A clock ``seconds`` ahead of the real one (due cron slots without waiting for them)."""
     return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+# A runner process with a short lease (the CLI has no option for it): a --once worker, or a
+# resume of one run. argv: dsn schema lease_ttl_s worker|resume [run_id]
+RUNNER = """
+import asyncio, sys
+from dbt_durable.api import Client
+from dbt_durable.config import Settings
+from dbt_durable.runner.worker import Worker
+dsn, schema, ttl, mode = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+settings = Settings(dsn=dsn, schema=schema, lease_ttl_s=ttl, heartbeat_s=min(0.5, ttl / 4), claim_wait_s=1.0)
+if mode == "worker":
+    asyncio.run(Worker(settings, poll_s=0.2, park_after_s=0.3, once=True).run())
+else:
+    print(Client(settings).resume(sys.argv[5]).status)
+"""
+
+
+def runner(t: Tenants, who: str, ttl: float, *args: str, fault: str | None = None) -> Proc:
+    """A RUNNER process logged in as ``who`` (``fault``: DBT_DURABLE_FAULT for it)."""
+    env = {k: v for k, v in os.environ.items() if k != "DBT_DURABLE_FAULT"}
+    if fault:
+        env["DBT_DURABLE_FAULT"] = fault
+    cmd = [sys.executable, "-c", RUNNER, t.dsns[who], t.schema, str(ttl), *args]
+    log = tempfile.TemporaryFile("w+")
+    proc = Proc(subprocess.Popen(cmd, env=env, stdout=log, stderr=log, text=True), log)
+    t.procs.append(proc)
+    return proc
