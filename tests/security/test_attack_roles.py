@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
+from dbt_durable.errors import RunNotFound
 from tests.security.conftest import Tenants
 
 
@@ -56,3 +59,42 @@ def test_a_step_cannot_switch_to_another_role_on_a_worker_holding_every_login(te
     assert t.client("b").result(own)["rows"] == [
         {"v": "secret of b", "sess": t.role("b"), "cur": t.role("b")}
     ]
+
+
+def test_a_dropped_and_recreated_role_of_the_same_name_sees_none_of_the_old_roles_runs(
+    tenants: Tenants,
+) -> None:
+    t = tenants
+    old = t.client("a")
+    done = old.start("'SELECT ''old secret'' AS x'", name="same", key="k").run_id
+    parked = old.start("wait_for_signal('go') ~> 'SELECT 1'", name="parked", wait=False).run_id
+    queued = old.start("'SELECT 1'", name="queued", wait=False).run_id
+    old.schedule_add("old_sched", "0 5 * * *", "UTC", {"kind": "flow", "flow": "'SELECT 1'"})
+    old_oid = t.admin("SELECT oid FROM pg_roles WHERE rolname = %s", (t.role("a"),))[0][0]
+    t.drop_role("a")
+    t.create_role("a")
+    assert t.admin("SELECT oid FROM pg_roles WHERE rolname = %s", (t.role("a"),))[0][0] != old_oid
+    new = t.client("a")
+    ids = [done, parked, queued]
+    assert [r for r in new.list_runs(1000) if r["run_id"] in ids] == []
+    assert new.schedules() == []
+    for run_id in ids:
+        with pytest.raises(RunNotFound):
+            new.get_run(run_id)
+        with pytest.raises(RunNotFound):
+            new.signal(run_id, "go")
+        with pytest.raises(RunNotFound):
+            new.cancel(run_id)
+        with pytest.raises(RunNotFound):
+            new.resume(run_id)
+    with t.connect("a") as conn:
+        for table in ("runs", "nodes", "events", "signals", "schedules", "progress"):
+            assert conn.execute(t.flow(f"SELECT count(*) FROM {{state}}.{table}")).fetchone() == (0,), table
+    # Same flow name and key: a new run of the new role, not the old one resumed.
+    again = new.start("'SELECT ''new'' AS x'", name="same", key="k")
+    assert again.created and again.run_id != done
+    assert new.result(again.run_id)["rows"] == [{"x": "new"}]
+    # A worker holding the new login runs nothing of the old role's.
+    t.run_worker("a")
+    assert t.status(queued) == "pending"
+    assert t.status(parked) == "pending"
