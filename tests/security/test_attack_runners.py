@@ -53,9 +53,12 @@ def frozen_takeover(t: Tenants, *second_args: str) -> None:
         time.sleep(LEASE_S + 0.5)
         second = runner(t, "a", LEASE_S, *[run_id if x == "{run_id}" else x for x in second_args])
         assert second.wait(40) == 0, second.output()
-        assert t.status(run_id) == "completed", t.run_row(run_id)["error"]
+        assert t.status(run_id) == "completed", (t.run_row(run_id), second.output())
         # The frozen runner's sessions were terminated before its step was run again.
-        assert not stopped & frozen_backends()
+        assert not stopped & frozen_backends(), t.admin(
+            "SELECT pid, application_name, state, query FROM pg_stat_activity WHERE usename = %s",
+            (t.role("a"),),
+        )
     finally:
         first.popen.send_signal(signal.SIGCONT)
     first.wait(40)

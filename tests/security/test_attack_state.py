@@ -304,9 +304,9 @@ def test_internal_tables_are_not_writable_and_migrate_still_applies_new_migratio
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(t.flow(text))
-    assert t.admin("SELECT max(version) FROM {state}.schema_version") == [(7,)]
-    assert t.admin("SELECT count(*) FROM {state}.workers") == [(0,)]
     shipped = migrate_module.migrations()
+    assert t.admin("SELECT max(version) FROM {state}.schema_version") == [(shipped[-1][0],)]
+    assert t.admin("SELECT count(*) FROM {state}.workers") == [(0,)]
     extra = (shipped[-1][0] + 1, "9999_canary.sql", "CREATE TABLE __SCHEMA__.canary_migration (x int)")
     monkeypatch.setattr(migrate_module, "migrations", lambda: [*shipped, extra])
     assert t.client("owner").migrate() == ["9999_canary.sql"]
