@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dbt_durable.errors import DurableError
+from dbt_durable.errors import ConfigError, DurableError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -418,6 +418,20 @@ def migrate(ctx: click.Context) -> None:
     default=None,
     help="A file of DSNs to serve, one per line (# comments), like --login.",
 )
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve a health endpoint on this port: GET /healthz answers 200 while the worker loops "
+    "are alive and their databases reachable and writable, 503 otherwise (and while draining); "
+    "GET /livez checks the loops only. 0 picks a free port (printed at start).",
+)
+@click.option(
+    "--health-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the health endpoint listens on (0.0.0.0 for probes from outside a container).",
+)
 @_with_db
 @click.pass_context
 def worker(
@@ -429,10 +443,13 @@ def worker(
     logins: tuple[str, ...],
     dbt_projects: tuple[str, ...],
     logins_file: str | None,
+    health_port: int | None,
+    health_host: str,
 ) -> None:
     """Execute queued, due, signalled and orphaned runs, and fire schedules, for the role of
     the connection's login and of each --login. SIGTERM stops it gracefully: running steps
-    roll back and their runs are handed back at once."""
+    roll back and their runs are handed back at once (the health endpoint answers 503 from
+    the signal on)."""
     import asyncio
     import signal as signals
 
@@ -464,15 +481,43 @@ def worker(
             )
             for dsn in dict.fromkeys(dsns)
         ]
+        from dbt_durable.runner import health as health_endpoint
+
+        checks = health_endpoint.Health(workers, [])
+        server = None
+        if health_port is not None:
+            try:
+                server = await health_endpoint.serve(checks, health_host, health_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve the health endpoint on {health_host}:{health_port}: {exc}"
+                ) from None
+
+        def drain() -> None:
+            checks.draining = True
+            _stop_all(workers)
+
         loop = asyncio.get_running_loop()
         for sig in (signals.SIGTERM, signals.SIGINT):
-            loop.add_signal_handler(sig, _stop_all, workers)
+            loop.add_signal_handler(sig, drain)
         click.echo(
             f"worker started ({runs_at_once} run(s) at once per login, {len(workers)} login(s), "
             f"schema {settings.schema})",
             err=True,
         )
-        return list(await asyncio.gather(*(w.run() for w in workers)))
+        if server is not None:
+            click.echo(
+                f"health endpoint on http://{health_host}:{health_endpoint.bound_port(server)}/healthz",
+                err=True,
+            )
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        checks.tasks = tasks
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            if server is not None:
+                server.close()
+                await server.wait_closed()
 
     all_stats = asyncio.run(go())
     stats = all_stats[0]
