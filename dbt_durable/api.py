@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from dbt_durable.bridge import build_kind  # noqa: F401 - registers the dbt_build run kind
 from dbt_durable.bridge.build import check_target
 from dbt_durable.config import Settings
 from dbt_durable.errors import ConfigError, GraphChanged, RunNotFound

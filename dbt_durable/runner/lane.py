@@ -2,10 +2,15 @@
 
 Each transactional SQL step costs one round trip::
 
-    SELECT checkpoint_node(<previous step>); COMMIT; BEGIN; [SET LOCAL ...;] <this step>
+    RELEASE SAVEPOINT s; SELECT checkpoint_node(<previous step>); COMMIT;
+    BEGIN; [SET LOCAL ...;] <this step>; SAVEPOINT s
 
 The previous step's effects and its checkpoint commit together (they share a transaction),
-and this step starts only once that commit succeeded. A crash loses at most the open step,
+and this step starts only once that commit succeeded. A round trip that fails before any of
+it runs (PostgreSQL parses the whole text first, so a syntax error in this step fails it
+whole) leaves the session inside the previous step's savepoint: the lane rolls back to it,
+commits the previous step with its checkpoint, and runs this step alone, so the previous
+step's SQL runs exactly once and the error is this step's. A crash loses at most the open step,
 whose effects roll back with its missing checkpoint: exactly once either way. The lane is
 flushed (its pending checkpoint committed) and its connection released before anything else
 runs in the strand, so other connections always see committed work.
@@ -29,9 +34,9 @@ from dbt_durable.runner.steps import (
     StepSqlError,
     TypeNames,
     _describe,
-    fence_error,
 )
 from dbt_durable.runner.wire import Wire
+from dbt_durable.store.nodes import fence_error
 
 
 class Uncertain(DurableError):
@@ -47,6 +52,20 @@ class Uncertain(DurableError):
     def __init__(self, message: str, solo: str | None = None):
         super().__init__(message)
         self.solo = solo
+
+
+SAVEPOINT_NAME = b"dbt_durable_step"
+SAVEPOINT = b"SAVEPOINT " + SAVEPOINT_NAME
+RELEASE = b"RELEASE SAVEPOINT " + SAVEPOINT_NAME + b";"
+
+
+def _step_error(exc: psycopg.Error, conn: psycopg.AsyncConnection) -> StepSqlError:
+    if exc.sqlstate == "25P01":  # our savepoint found no transaction: the step ended it
+        return StepSqlError(
+            "the step ended its own transaction (COMMIT/ROLLBACK inside a step); "
+            "mark it with (transaction=false) if that is intended"
+        )
+    return StepSqlError(_describe(exc), transient=conn.broken)
 
 
 class Lane:
@@ -98,15 +117,23 @@ class Lane:
         conn = await self.connection()
         if self.pending is not None and key in self.solo:
             await self.flush()
-        head = b"BEGIN;" if self.pending is None else self.pending + b";COMMIT;BEGIN;"
+        begin = b"BEGIN;"
         if timeout_s:
-            head += f"SET LOCAL statement_timeout = {int(timeout_s * 1000)};".encode()
-        assert self.wire is not None
+            begin += f"SET LOCAL statement_timeout = {int(timeout_s * 1000)};".encode()
+        head = begin if self.pending is None else RELEASE + self.pending + b";COMMIT;" + begin
         try:
-            res = (await self.wire.query(head + b"\n" + step_sql.encode()))[-1]
+            res = await self._round_trip(head, step_sql)
         except psycopg.Error as exc:
-            await self._after_error(exc, key)
-            raise StepSqlError(_describe(exc), transient=conn.broken) from None
+            if not await self._recover_previous(exc):
+                await self._after_error(exc, key)
+                raise _step_error(exc, conn) from None
+            # Nothing of that round trip ran (a syntax error fails it whole): the previous
+            # step is intact and now committed with its checkpoint; the step runs on its own.
+            try:
+                res = await self._round_trip(begin, step_sql)
+            except psycopg.Error as exc2:
+                await self._after_error(exc2, key)
+                raise _step_error(exc2, conn) from None
         self._committed_pending()
         faults.hit("in_step", key, self.flow_name)
         if conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
@@ -127,12 +154,38 @@ class Lane:
         self.pending_key = key
         return result
 
+    async def _round_trip(self, head: bytes, step_sql: str) -> Any:
+        """Send ``head``, the step and a savepoint after it; the step's last result.
+
+        The savepoint lets :meth:`_recover_previous` keep this step's effects if the next
+        round trip (which starts with this step's checkpoint) fails before running at all."""
+        assert self.wire is not None
+        return (await self.wire.query(head + b"\n" + step_sql.encode() + b"\n;" + SAVEPOINT))[-2]
+
+    async def _recover_previous(self, exc: psycopg.Error) -> bool:
+        """After a failed round trip that carried the previous step's checkpoint: if nothing
+        of it ran (the session is still inside the previous step's savepoint), roll back to
+        that savepoint and commit the previous step with its checkpoint; True if so."""
+        conn = self.conn
+        if self.pending is None or conn is None or conn.broken or fence_error(exc) is not None:
+            return False
+        if conn.pgconn.transaction_status != pq.TransactionStatus.INERROR:
+            return False
+        if self.wire is not None:
+            self.wire.detach()
+        try:
+            await conn.execute(b"ROLLBACK TO SAVEPOINT " + SAVEPOINT_NAME)
+        except psycopg.Error:
+            return False  # the savepoint is gone: part of the round trip ran
+        await self.flush()
+        return True
+
     async def flush(self) -> None:
         """Commit the pending checkpoint (and with it the open step's effects)."""
         if self.pending is None or self.wire is None:
             return
         try:
-            await self.wire.query(self.pending + b";COMMIT")
+            await self.wire.query(RELEASE + self.pending + b";COMMIT")
         except psycopg.Error as exc:
             await self._after_error(exc)
             raise Uncertain(

@@ -61,17 +61,20 @@ async def claim(
     ttl_s: float,
     wait_s: float,
     retry_failed: bool,
+    orphaned: bool = False,
 ) -> Claim:
     """Take the run's advisory lock and lease, unless the run is already finished.
 
-    Raises :class:`RunBusy` if another live runner with an unexpired lease keeps the lock for
-    ``wait_s`` seconds, :class:`RunNotFound` if this login cannot see the run.
+    ``orphaned``: the caller claimed the run because its lease had expired (a worker's
+    ``claim_runs``), so a holder of its lock is frozen or cut off. Raises :class:`RunBusy` if
+    another live runner with an unexpired lease keeps the lock for ``wait_s`` seconds,
+    :class:`RunNotFound` if this login cannot see the run.
     """
     name = lock_name(schema, run_id)
     if not await _lock(ctl, q, name, wait_s):
         run = await _read(ctl, q, run_id)
         expired = await (await ctl.execute(q.lease_expired, (run_id,))).fetchone()
-        if not (expired and expired[0]):
+        if not (orphaned or (expired and expired[0])):
             raise RunBusy(
                 f"run {run_id} is being executed by another live runner; wait for it, or cancel the run"
             )

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from dbt_durable.errors import DurableError, LeaseLost, RunCancelled
+from dbt_durable.errors import DurableError
 from dbt_durable.runner.results import build_result
 
 
@@ -45,16 +45,6 @@ class TypeNames:
         if missing:
             cur = await conn.execute(query, (missing,))
             self.names.update({oid: name for oid, name in await cur.fetchall()})
-
-
-def fence_error(exc: psycopg.Error) -> DurableError | None:
-    """The runner error for a failed fence (lease lost or run cancelled), else None."""
-    state = exc.sqlstate or ""
-    if state == "DU001":
-        return LeaseLost(str(exc.diag.message_primary or exc))
-    if state == "DU002":
-        return RunCancelled(str(exc.diag.message_primary or exc))
-    return None
 
 
 def _last_result(cur: psycopg.AsyncCursor[Any]) -> pq.abc.PGresult | None:

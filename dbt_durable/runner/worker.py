@@ -25,9 +25,10 @@ from psycopg_pool import PoolTimeout
 
 from dbt_durable.config import Settings
 from dbt_durable.errors import ConnectionFailed, RunNotFound
-from dbt_durable.runner.engine import Engine, Outcome, cancel_and_wait
+from dbt_durable.runner.engine import Engine, Outcome
 from dbt_durable.runner.lease import RunBusy
 from dbt_durable.runner.schedules import fire_due_schedules
+from dbt_durable.runner.tasks import cancel_and_wait
 from dbt_durable.store.connect import APP_PREFIX, open_async, open_sync
 from dbt_durable.store.migrate import migrate
 
@@ -132,21 +133,21 @@ class Worker:
             if loop.time() - self._fired_at >= SCHEDULE_CHECK_S:
                 await fire_due_schedules(conn, engine.q, self.clock)
                 self._fired_at = loop.time()
-            claimed: list[str] = []
+            claimed: list[tuple[str, bool]] = []
             free = self.runs_at_once - len(active)
             if free > 0:
                 began = time.perf_counter()
                 cur = await conn.execute(
                     engine.q.claim_runnable, {"ttl": self.settings.lease_ttl_s, "limit": free}
                 )
-                claimed = [str(row[0]) for row in await cur.fetchall()]
+                claimed = [(str(row[0]), bool(row[1])) for row in await cur.fetchall()]
                 if claimed:
                     self.stats.claim_latencies_s.append(time.perf_counter() - began)
             more_now = bool(claimed) and len(active) + len(claimed) < self.runs_at_once
             next_wake = None if more_now else await self._next_wake(conn, engine)
-        for run_id in claimed:
+        for run_id, orphaned in claimed:
             self.stats.claimed += 1
-            task = asyncio.create_task(self._execute(engine, run_id))
+            task = asyncio.create_task(self._execute(engine, run_id, orphaned))
             active.add(task)
             task.add_done_callback(self._finished_callback(active))
         if self.once and not claimed and not active:
@@ -169,9 +170,9 @@ class Worker:
 
         return done
 
-    async def _execute(self, engine: Engine, run_id: str) -> None:
+    async def _execute(self, engine: Engine, run_id: str, orphaned: bool) -> None:
         try:
-            outcome = await engine.execute(run_id)
+            outcome = await engine.execute(run_id, orphaned=orphaned)
         except (RunBusy, RunNotFound):
             return
         except asyncio.CancelledError:

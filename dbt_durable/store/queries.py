@@ -100,7 +100,7 @@ NODE_STATUS = "SELECT status FROM {s}.nodes WHERE run_id = %s AND exec_key = %s"
 RELEASE_LEASE = "SELECT {s}.release_lease(%s, %s)"
 
 # A worker takes due runs of its login; SKIP LOCKED lets many workers share the queue.
-CLAIM_RUNNABLE = "SELECT claim_runs FROM {s}.claim_runs(%(ttl)s, %(limit)s)"
+CLAIM_RUNNABLE = "SELECT run_id, orphaned FROM {s}.claim_runs(%(ttl)s, %(limit)s)"
 
 NEXT_WAKE = "SELECT {s}.next_wake()"
 

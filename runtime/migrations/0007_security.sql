@@ -323,40 +323,43 @@ $$;
 
 -- Up to p_limit of the login's runnable runs (queued, due, signalled, or left behind by a
 -- runner whose lease expired), marked running with a short lease for the claiming worker.
-CREATE FUNCTION __SCHEMA__.claim_runs(p_ttl float8, p_limit integer) RETURNS SETOF uuid
+-- orphaned: the run's lease had expired (its runner is dead, frozen or cut off), so the
+-- claimer may stop that runner's backends even if it still holds the run's lock.
+CREATE FUNCTION __SCHEMA__.claim_runs(p_ttl float8, p_limit integer)
+RETURNS TABLE (run_id uuid, orphaned boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_login oid := __SCHEMA__.session_oid();
 BEGIN
     RETURN QUERY
     WITH pending AS (
-        SELECT r.run_id, r.created_at AS due FROM __SCHEMA__.runs r
+        SELECT r.run_id, r.created_at AS due, false AS orphaned FROM __SCHEMA__.runs r
          WHERE r.submitted_by_oid = v_login AND r.status = 'pending'
          ORDER BY r.created_at LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), woken AS (
-        SELECT r.run_id, r.wake_at AS due FROM __SCHEMA__.runs r
+        SELECT r.run_id, r.wake_at AS due, false AS orphaned FROM __SCHEMA__.runs r
          WHERE r.submitted_by_oid = v_login AND r.status = 'waiting' AND r.wake_at <= now()
          ORDER BY r.wake_at LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), signalled AS (
-        SELECT c.run_id, c.created_at AS due FROM __SCHEMA__.runs c
+        SELECT c.run_id, c.created_at AS due, false AS orphaned FROM __SCHEMA__.runs c
          WHERE c.submitted_by_oid = v_login AND c.status = 'waiting'
            AND (c.cancel_requested IS NOT NULL OR EXISTS (
                 SELECT 1 FROM __SCHEMA__.signals g
                  WHERE g.run_id = c.run_id AND g.name = c.waiting_for AND g.consumed_at IS NULL))
          LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), orphaned AS (
-        SELECT r.run_id, r.lease_expires_at AS due FROM __SCHEMA__.runs r
+        SELECT r.run_id, r.lease_expires_at AS due, true AS orphaned FROM __SCHEMA__.runs r
          WHERE r.submitted_by_oid = v_login AND r.status = 'running' AND r.lease_expires_at < now()
          ORDER BY r.lease_expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
     ), chosen AS (
-        SELECT d.run_id FROM (SELECT * FROM pending UNION ALL SELECT * FROM woken
+        SELECT d.run_id, d.orphaned FROM (SELECT * FROM pending UNION ALL SELECT * FROM woken
                               UNION ALL SELECT * FROM signalled UNION ALL SELECT * FROM orphaned) AS d
          ORDER BY d.due LIMIT p_limit
     )
     UPDATE __SCHEMA__.runs AS r SET status = 'running', lease_expires_at = now() + make_interval(secs => p_ttl),
            updated_at = now()
       FROM chosen WHERE r.run_id = chosen.run_id
-    RETURNING r.run_id;
+    RETURNING r.run_id, chosen.orphaned;
 END
 $$;
 

@@ -61,12 +61,6 @@ def test_a_forged_plan_with_b_flow_and_hash_runs_only_as_its_own_run(tenants: Te
     ],
     ids=["unknown-kind", "missing-items", "missing-name", "missing-root"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a stored plan that does not decode raises (KeyError) in RunExecution._load_flow, "
-    "outside _walk_and_finish, so the run is never failed: Worker._execute logs it and the run stays "
-    "'running' under the worker's lease (claimed again and again once the lease expires)",
-)
 def test_a_plan_that_does_not_decode_fails_its_run_not_the_worker(tenants: Tenants, plan: Any) -> None:
     t = tenants
     params = new_run_params(compile_flow("'SELECT 1'"), "bad_plan", None, {})
@@ -198,12 +192,6 @@ def test_a_broken_second_step_fails_there_and_the_first_step_committed_once(tena
     assert t.admin("SELECT count(*) FROM {a}.t") == [(1,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the first step runs in the lane's transaction with the second; the second's syntax "
-    "error aborts both, and the re-walk runs the first step's SQL again (solo): its non-transactional "
-    "effects (nextval, NOTIFY, dblink...) happen twice; the sequence ends at 2 and the row holds 2",
-)
 def test_a_broken_second_step_runs_the_first_steps_sql_exactly_once(tenants: Tenants) -> None:
     t = tenants
     broken_second_step(t)

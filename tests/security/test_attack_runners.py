@@ -7,8 +7,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
-
 from tests.security.conftest import Tenants, runner, wait_for
 
 LEASE_S = 2.0
@@ -74,13 +72,6 @@ def test_a_frozen_runner_is_taken_over_by_a_resume_after_its_lease(tenants: Tena
     frozen_takeover(tenants, "resume", "{run_id}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a worker never takes over a frozen runner's run: claim_runs() renews "
-    "lease_expires_at when it claims the orphaned run, so lease.claim() (advisory lock still held "
-    "by the frozen runner) reads the lease as unexpired and raises RunBusy, which Worker._execute "
-    "ignores; the run stays 'running' under the frozen owner, re-claimed and dropped on every pass",
-)
 def test_a_frozen_runner_is_taken_over_by_a_worker_after_its_lease(tenants: Tenants) -> None:
     frozen_takeover(tenants, "worker")
 
