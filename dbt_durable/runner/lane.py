@@ -144,7 +144,8 @@ class Lane:
             )
         try:
             if self.types.missing(res):
-                self.wire.detach()  # psycopg is about to use the connection
+                if self.wire is not None:
+                    self.wire.detach()  # psycopg is about to use the connection
                 await self.types.ensure(conn, res, self.type_query)
             result = build_result(res, self.types.names, *self.caps)
         except BaseException:

@@ -1,8 +1,12 @@
 """Apply the runtime migrations in ``runtime/migrations`` in order.
 
 Guarantees: migrations run under a transaction-level advisory lock, each in its own
-transaction, each at most once (recorded in ``<schema>.schema_version``). Running
-:func:`migrate` concurrently or repeatedly is safe.
+transaction, each at most once. Running :func:`migrate` concurrently or repeatedly is safe.
+
+The version applied is recorded twice: in ``<schema>.schema_version`` (for people) and in the
+schema's comment, which only the schema's owner can set. The comment is the one trusted:
+before version 7, granted roles could write ``schema_version``, so a forged row there must
+never make migrate skip the migration that takes that right away.
 """
 
 from __future__ import annotations
@@ -52,22 +56,42 @@ def migrate(conn: psycopg.Connection, schema: str, create: bool = True) -> list[
                     " applied_at timestamptz NOT NULL DEFAULT now())"
                 ).format(ident)
             )
-            row = conn.execute(
-                sql.SQL("SELECT 1 FROM {}.schema_version WHERE version = %s").format(ident),
-                (version,),
-            ).fetchone()
-            if row:
+            if version <= _current_version(conn, schema):
                 continue
             conn.execute(schema_sql(text, schema))
+            # A row for this version that migrate did not write (see the module docstring)
+            # gives way to the real one.
+            conn.execute(
+                sql.SQL("DELETE FROM {}.schema_version WHERE version >= %s").format(ident), (version,)
+            )
             conn.execute(
                 sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(ident),
                 (version, name),
             )
+            conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(ident, sql.Literal(_marker(version))))
             applied.append(name)
     return applied
 
 
+_MARKER = "dbt-durable state schema, version "
+
+
+def _marker(version: int) -> str:
+    return f"{_MARKER}{version}"
+
+
 def _current_version(conn: psycopg.Connection, schema: str) -> int:
+    """The version applied, from the schema's comment (owner-only); for schemas migrated
+    before the comment existed, from ``schema_version``, but never past 6 unless version 7's
+    own objects are there (a forged row cannot skip the security migration)."""
+    row = conn.execute(
+        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (schema,)
+    ).fetchone()
+    if row is None:
+        return 0
+    comment = row[0] or ""
+    if comment.startswith(_MARKER) and comment[len(_MARKER) :].isdigit():
+        return int(comment[len(_MARKER) :])
     found = conn.execute(
         "SELECT to_regclass(%s)", (f"{sql.Identifier(schema).as_string(None)}.schema_version",)
     ).fetchone()
@@ -76,4 +100,5 @@ def _current_version(conn: psycopg.Connection, schema: str) -> int:
     row = conn.execute(
         sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(sql.Identifier(schema))
     ).fetchone()
-    return int(row[0]) if row else 0
+    recorded = int(row[0]) if row else 0
+    return min(recorded, 6)

@@ -314,12 +314,6 @@ def test_internal_tables_are_not_writable_and_migrate_still_applies_new_migratio
 
 
 @pytest.mark.parametrize("forged_version", [999, 7])
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: migrate() trusts schema_version, which a role granted usage before version 7 could "
-    "INSERT into (the old grant_usage gave INSERT on ALL TABLES): a forged row (999, or 7) makes "
-    "migrate() skip 0007_security.sql, so the tenant keeps its old write grants on every run",
-)
 def test_a_tenant_of_an_old_installation_cannot_block_the_security_upgrade(
     tenants: Tenants, monkeypatch: pytest.MonkeyPatch, forged_version: int
 ) -> None:
