@@ -34,6 +34,8 @@ EFFECTS_TABLE = (
 def chain(steps: int, sleep_s: float = 0.02) -> str:
     """A flow of ``steps`` effectful steps, in a sequence with a two-way join in the middle."""
     step = STEP % sleep_s
+    if steps < 4:  # too short for the join
+        return " ~> ".join([step] * steps)
     half = max(1, (steps - 2) // 2)
     rest = max(1, steps - 2 - half)
     return " ~> ".join([step] * half + [f"({step} & {step})"] + [step] * rest)
