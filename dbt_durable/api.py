@@ -44,6 +44,22 @@ class Started:
     outcome: Outcome | None = None
 
 
+@dataclass
+class ModelStarted:
+    """The run of a durable dbt model found or created by :meth:`Client.prepare_model_run`.
+
+    ``owner``: the runner id it is claimed for (None: another live runner holds it).
+    ``kept``: with ``replanned``, the completed node executions kept under a new definition.
+    """
+
+    run_id: str
+    created: bool
+    status: str
+    owner: str | None
+    kept: list[str] | None = None
+    replanned: bool = False
+
+
 def parse_vars(pairs: list[str]) -> dict[str, str]:
     """``["k=v", ...]`` as a dict; raises :class:`ConfigError` naming the bad item."""
     out: dict[str, str] = {}
@@ -204,6 +220,168 @@ class Client:
         if wait:
             started.outcome = self._execute(started.run_id, owner=owner)
         return started
+
+    def prepare_model_run(
+        self,
+        flow_text: str,
+        relation: str,
+        key: str | None = None,
+        vars: dict[str, str] | None = None,
+        fresh: bool = False,
+        origin: str = "<flow>",
+        locate: Callable[[str], str] | None = None,
+    ) -> ModelStarted:
+        """Find, claim or create the run of a durable dbt model, without executing it.
+
+        A model's runs are keyed by the ``relation`` it builds (its flow name) and, with a
+        ``key`` (dbt config ``durable_key``), by that key: targets never share a run. The run
+        returned is claimed by this process (``owner``) so that no worker can take it; a run
+        that another live runner holds is returned unclaimed (``owner`` None).
+
+        * An unfinished run with the same definition resumes; a failed one is retried.
+        * A failed run whose flow changed only in nodes that have not completed continues with
+          the new definition, keeping its completed nodes (``kept``).
+        * Any other change raises :class:`GraphChanged` naming the completed nodes that changed
+          (``locate`` names a node id by its source position), unless ``fresh``.
+        * With a key, a completed run is returned as it is (``status`` completed): it is not
+          redone. Without one, a finished run leaves room for a new run.
+        * ``fresh`` retires the unfinished (or keyed) run and creates a new one.
+        """
+        from dbt_durable.store.dbt_queries import DbtQueries
+
+        flow = compile_flow(flow_text, origin)
+        vars = dict(vars or {})
+        dq = DbtQueries(self.settings.schema)
+        owner = new_owner_id()
+        with self._connect(create=True) as conn:
+            row = conn.execute(dq.latest_model_run, {"flow_name": relation, "run_key": key}).fetchone()
+            if row is not None:
+                run_id, status, graph_hash, run_vars, run_text = (
+                    str(row[0]),
+                    row[1],
+                    row[2],
+                    row[3] or {},
+                    row[4],
+                )
+                unfinished = status in ("pending", "running", "waiting", "failed", "quarantined")
+                if fresh and (unfinished or key is not None):
+                    conn.execute(self.q.retire_run, (run_id, key is not None))
+                elif key is not None and status == "completed":
+                    return ModelStarted(run_id, False, status, None)
+                elif key is not None and status == "cancelled":
+                    conn.execute(self.q.retire_run, (run_id, True))
+                elif unfinished:
+                    same = graph_hash == flow.graph_hash and run_vars == vars
+                    if same:
+                        claimed = self._claim_for_resume(conn, dq, run_id, owner, graph_hash, None)
+                        return ModelStarted(run_id, False, status, owner if claimed else None)
+                    changed = self._changed_completed_nodes(conn, dq, run_id, run_text, flow)
+                    if run_vars == vars and status == "failed" and not changed:
+                        kept = sorted(r[0] for r in conn.execute(dq.completed_nodes, (run_id,)).fetchall())
+                        claimed = self._claim_for_resume(conn, dq, run_id, owner, graph_hash, flow)
+                        if claimed:
+                            return ModelStarted(run_id, False, status, owner, kept=kept, replanned=True)
+                    raise GraphChanged(
+                        self._changed_message(relation, run_id, status, changed, run_vars != vars, locate)
+                    )
+            run_id, created = self._create(conn, flow, relation, key, vars, fresh, owner)
+        return ModelStarted(run_id, created, "running" if created else "pending", owner if created else None)
+
+    def latest_model_run(self, relation: str, key: str | None = None) -> dict[str, Any] | None:
+        """The login's latest run of the model that builds ``relation`` (with ``key``), if any."""
+        from dbt_durable.store.dbt_queries import DbtQueries
+
+        with self._connect() as conn:
+            cur = conn.execute(
+                DbtQueries(self.settings.schema).latest_model_run, {"flow_name": relation, "run_key": key}
+            )
+            row = cur.fetchone()
+            assert cur.description is not None
+            return None if row is None else dict(zip([c.name for c in cur.description], row, strict=True))
+
+    def execute_model_run(self, started: ModelStarted) -> Outcome:
+        """Execute a run returned by :meth:`prepare_model_run` until it completes, fails or
+        parks (a failed run is retried: re-running the dbt command is the explicit request)."""
+        return self._execute(started.run_id, retry_failed=True, owner=started.owner)
+
+    def _claim_for_resume(
+        self,
+        conn: psycopg.Connection,
+        dq: Any,
+        run_id: str,
+        owner: str,
+        expected_hash: str,
+        flow: FlowGraph | None,
+    ) -> bool:
+        params: dict[str, Any] = {
+            "run_id": run_id,
+            "owner": owner,
+            "ttl": self.settings.lease_ttl_s,
+            "expected_hash": expected_hash,
+            "flow_text": None,
+            "graph": None,
+            "graph_hash": None,
+            "plan": None,
+        }
+        if flow is not None:
+            new = new_run_params(flow, "", None, {})
+            params.update(
+                flow_text=new["flow_text"], graph=new["graph"], graph_hash=new["graph_hash"], plan=new["plan"]
+            )
+        with conn.transaction():
+            row = conn.execute(dq.claim_for_resume, params).fetchone()
+        return bool(row and row[0])
+
+    def _changed_completed_nodes(
+        self, conn: psycopg.Connection, dq: Any, run_id: str, run_text: str, flow: FlowGraph
+    ) -> list[str]:
+        """Node ids that the run completed whose definition (or place) differs in ``flow``."""
+        from dbt_durable.flow.ast import kind_of
+        from dbt_durable.flow.printer import to_text
+
+        old = compile_flow(run_text, f"run {run_id}", validated=True)
+        changed: set[str] = set()
+        for _exec_key, node_id in conn.execute(dq.completed_nodes, (run_id,)).fetchall():
+            parts = node_id.split(".")
+            for depth in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:depth])
+                try:
+                    before, after = old.node(prefix), flow.node(prefix)
+                except KeyError:
+                    changed.add(node_id)
+                    break
+                same = (
+                    kind_of(before) == kind_of(after)
+                    if depth < len(parts)
+                    else to_text(before) == to_text(after)
+                )
+                if not same:
+                    changed.add(node_id)
+                    break
+        return sorted(changed)
+
+    @staticmethod
+    def _changed_message(
+        relation: str,
+        run_id: str,
+        status: str,
+        changed: list[str],
+        vars_changed: bool,
+        locate: Callable[[str], str] | None,
+    ) -> str:
+        name = locate or (lambda node_id: f"node {node_id}")
+        if vars_changed:
+            what = "its vars changed"
+        elif changed:
+            what = "these completed steps changed: " + "; ".join(name(n) for n in changed)
+        else:
+            what = f"its flow changed while the run is {status} (only a failed run takes a new definition)"
+        return (
+            f"{relation} has an unfinished run {run_id} ({status}), and {what}. A resumed run never mixes "
+            "two versions of a flow. Start over with --full-refresh (or --vars '{durable_fresh: true}'): "
+            "the old run is cancelled and every step runs again, so steps that already committed "
+            "outside the model's shadow relation take effect twice unless they are idempotent"
+        )
 
     def create_schemas(self, schemas: list[str]) -> None:
         """CREATE SCHEMA IF NOT EXISTS for each name (models' schemas, for run-operations)."""

@@ -9,9 +9,24 @@
   {%- endif -%}
 {% endmacro %}
 
+{#- The relation a model builds in this target: runs are keyed by it, so `select: name`
+    finds the runs of this target's model only. -#}
+{% macro _durable_relation_of(select) %}
+  {%- for node in graph.nodes.values() -%}
+    {%- if node.resource_type == 'model' and (node.name == select or node.unique_id == select) -%}
+      {{ return(api.Relation.create(database=node.database, schema=node.schema, identifier=node.alias) | string) }}
+    {%- endif -%}
+  {%- endfor -%}
+  {{ return(none) }}
+{% endmacro %}
+
 {% macro _durable_operation(operation, args) %}
   {{ dbt_durable._durable_require_adapter(operation) }}
   {%- if execute -%}
+    {%- if args.get('select') and operation != 'durable_run' -%}
+      {%- set args = args.copy() -%}
+      {%- do args.update({'relation': dbt_durable._durable_relation_of(args.get('select'))}) -%}
+    {%- endif -%}
     {%- for line in adapter.durable_operation(operation, args) -%}
       {{ log(line, info=True) }}
     {%- endfor -%}

@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 
 from dbt_durable.api import Client, check_run_id
-from dbt_durable.bridge.models import run_model
+from dbt_durable.bridge.models import ModelSpec, publish_shadow, run_model, shadow_identifier
 from dbt_durable.config import Settings
 from dbt_durable.errors import ConfigError, DurableError, RunNotFound
 
@@ -61,7 +61,12 @@ def run_operation(name: str, args: dict[str, Any], settings: Settings, config: A
         raise ConfigError(f"unknown durable operation {name!r}; known: {', '.join(ACCEPTED)}")
     if not isinstance(args, dict):
         raise ConfigError(f"{name}: --args must be a mapping, got {type(args).__name__}")
+    # The macros resolve `select` (a model name) to the relation it builds for this target.
+    args = dict(args)
+    relation = args.pop("relation", None)
     check_args(name, args)
+    if relation:
+        args["relation"] = relation
     client = Client(settings)
     if name == "durable_run":
         return durable_run(client, settings, config, args)
@@ -79,8 +84,11 @@ def run_operation(name: str, args: dict[str, Any], settings: Settings, config: A
     return [f"run {run_id}: {state}"]
 
 
-def _model_id(config: Any, select: str) -> str:
-    return select if select.startswith("model.") else f"model.{config.project_name}.{select}"
+def _model_relation(args: dict[str, Any], op: str) -> str:
+    """The relation whose runs a ``select`` names (runs are keyed by the relation they build)."""
+    if not args.get("relation"):
+        raise RunNotFound(f"{op}: no model named {args['select']!r} in this project")
+    return str(args["relation"])
 
 
 def _target_run(client: Client, config: Any, args: dict[str, Any], op: str) -> str:
@@ -88,7 +96,7 @@ def _target_run(client: Client, config: Any, args: dict[str, Any], op: str) -> s
         return check_run_id(str(args["run_id"]))
     if not args.get("select"):
         raise ConfigError(f"{op}: give run_id, or select (a model name)")
-    flow_name = _model_id(config, str(args["select"]))
+    flow_name = _model_relation(args, op)
     runs = [
         r
         for r in client.list_runs(1000)
@@ -110,13 +118,14 @@ def durable_status(client: Client, config: Any, args: dict[str, Any]) -> list[st
         return lines + _table(["node", "kind", "status", "attempts", "error"], rows)
     runs = client.list_runs(int(args.get("limit", 20)))
     if args.get("select"):
-        runs = [r for r in runs if r["flow_name"] == _model_id(config, str(args["select"]))]
+        runs = [r for r in runs if r["flow_name"] == _model_relation(args, "durable_status")]
     rows = [
         [
             str(r["run_id"]),
             r["flow_name"],
             r["status"],
-            f"{r['nodes_completed']}/{r['graph_nodes']}",
+            f"{r['nodes_completed']} of {r['graph_nodes']} step(s)"
+            + (" (loop iterations count)" if r["nodes_completed"] > r["graph_nodes"] else ""),
             r["failed_node"] or "",
             str(r["created_at"])[:19],
         ]
@@ -191,12 +200,46 @@ def durable_models(manifest: dict[str, Any]) -> nx.DiGraph:
             uid,
             flow=node["compiled_code"],
             schema=node["schema"],
+            database=node["database"],
+            identifier=node.get("alias") or node["name"],
+            relation=node.get("relation_name") or "",
             origin=node["original_file_path"],
+            source=node.get("raw_code"),
+            mode=node["config"].get("durable_mode", "shadow"),
+            key=node["config"].get("durable_key"),
             fresh=bool(node["config"].get("durable_fresh", False)),
         )
         for up in nx.ancestors(every, uid) & chosen:
             dag.add_edge(up, uid)
     return dag
+
+
+def model_spec(data: dict[str, Any], vars: dict[str, str], fresh: bool) -> ModelSpec:
+    """The :class:`ModelSpec` of a compiled durable model of a manifest (see durable_models)."""
+    from psycopg import sql
+
+    relation = data["relation"] or ".".join(
+        sql.Identifier(x).as_string(None) for x in (data["database"], data["schema"], data["identifier"])
+    )
+    target = (data["schema"], data["identifier"])
+    shadow = None
+    if data["mode"] == "shadow":
+        shadow = (data["schema"], shadow_identifier(data["identifier"]))
+    shadow_relation = None
+    if shadow is not None:
+        shadow_relation = relation[: relation.rindex(".") + 1] + sql.Identifier(shadow[1]).as_string(None)
+    return ModelSpec(
+        flow_text=data["flow"],
+        origin=data["origin"],
+        relation=relation,
+        target=target,
+        shadow_relation=shadow_relation,
+        shadow=shadow,
+        source=data["source"],
+        key=None if data["key"] in (None, "") else str(data["key"]),
+        vars=vars,
+        fresh=fresh,
+    )
 
 
 def durable_run(client: Client, settings: Settings, config: Any, args: dict[str, Any]) -> list[str]:
@@ -219,13 +262,16 @@ def durable_run(client: Client, settings: Settings, config: Any, args: dict[str,
         if failed:
             lines.append(f"{i}/{len(order)} SKIP {uid} (an upstream durable model failed)")
             continue
+        spec = model_spec(data, text_vars, fresh or data["fresh"])
         if not wait:
             started = client.start_or_resume(
-                data["flow"], uid, text_vars, fresh or data["fresh"], wait=False, origin=data["origin"]
+                spec.build_text, spec.relation, text_vars, spec.fresh, wait=False, origin=data["origin"]
             )
             lines.append(f"{i}/{len(order)} QUEUED {uid}: run {started.run_id}")
             continue
-        result = run_model(settings, data["flow"], uid, data["origin"], text_vars, fresh or data["fresh"])
+        result = run_model(settings, spec)
+        if result.publish and spec.shadow is not None:
+            publish_shadow(settings, spec.target, spec.shadow)
         label = {"completed": "OK", "waiting": "WAITING"}.get(result.status, "ERROR")
         lines.append(f"{i}/{len(order)} {label} {uid}: {result.message}")
         failed = result.status not in ("completed", "waiting")

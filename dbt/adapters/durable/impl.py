@@ -1,7 +1,8 @@
 """The adapter: dbt-postgres's adapter plus the methods the dbt_durable macros call.
 
-Every method is ``@available.parse(...)``: at parse time it returns a stub and does nothing,
-so ``dbt parse`` and ``dbt compile`` never touch the durable state.
+The methods that touch the durable state are ``@available.parse(...)``: at parse time they
+return a stub and do nothing, so ``dbt parse`` and ``dbt compile`` never run a flow.
+``durable_check_flow`` only parses text, so it runs at parse and compile time too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dbt.adapters.durable.connections import DurableConnectionManager, DurableCr
 
 
 def _stub(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    return {"status": "parsing", "run_id": "", "message": "", "executed": 0, "skipped": 0}
+    return {"status": "parsing", "run_id": "", "message": "", "executed": 0, "skipped": 0, "publish": False}
 
 
 class DurableAdapter(PostgresAdapter):
@@ -42,25 +43,40 @@ class DurableAdapter(PostgresAdapter):
         except ValueError as exc:
             raise CompilationError(str(exc)) from None
 
+    @available
+    def durable_check_flow(self, flow_text: str, source: str | None, origin: str) -> str:
+        """Raise dbt's CompilationError, at ``origin:LINE:COL`` of the model's source file, if
+        ``flow_text`` (the rendered flow) is not a valid flow; returns ``''``."""
+        from dbt_durable.bridge.models import check_flow
+        from dbt_durable.errors import FlowError
+
+        try:
+            check_flow(flow_text, origin, source)
+        except FlowError as exc:
+            raise CompilationError(str(exc)) from None
+        return ""
+
     @available.parse(_stub)
-    def durable_run_model(
-        self,
-        flow_text: str,
-        unique_id: str,
-        origin: str,
-        vars: dict[str, Any] | None = None,
-        fresh: bool = False,
-        wait: str = "park",
-        park_after: float | None = None,
-    ) -> dict[str, Any]:
-        """Start or resume the durable run of one model (called by the materialization)."""
-        from dbt_durable.bridge.models import run_model
+    def durable_run_model(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Start, resume or publish the durable run of one model (called by the materialization).
+
+        ``spec``: the fields of :class:`dbt_durable.bridge.models.ModelSpec`, plus ``wait`` and
+        ``park_after``."""
+        from dbt_durable.bridge.models import MODES, ModelSpec, run_model
         from dbt_durable.errors import DurableError, FlowError
 
-        settings = self._settings(wait, park_after)
-        text_vars = {str(k): str(v) for k, v in (vars or {}).items()}
+        spec = dict(spec)
+        settings = self._settings(spec.pop("wait", "park"), spec.pop("park_after", None))
+        mode = spec.pop("mode", "shadow")
+        if mode not in MODES:
+            raise CompilationError(f"durable_mode must be one of {', '.join(MODES)}, got {mode!r}")
+        spec["vars"] = {str(k): str(v) for k, v in (spec.get("vars") or {}).items()}
+        spec["key"] = None if spec.get("key") in (None, "") else str(spec["key"])
+        for pair in ("target", "shadow"):
+            if spec.get(pair) is not None:
+                spec[pair] = tuple(spec[pair])
         try:
-            return run_model(settings, flow_text, unique_id, origin, text_vars, fresh).as_dict()
+            return run_model(settings, ModelSpec(**spec)).as_dict()
         except FlowError as exc:
             raise CompilationError(str(exc)) from None
         except DurableError as exc:
@@ -79,14 +95,34 @@ class DurableAdapter(PostgresAdapter):
 
     @available.parse_none
     def durable_register_schedule(
-        self, unique_id: str, cron: str, tz: str, flow_text: str, catchup: str = "latest"
+        self,
+        relation: str,
+        cron: str,
+        tz: str,
+        flow_text: str,
+        catchup: str = "latest",
+        owner: dict[str, str] | None = None,
     ) -> None:
-        """Register (or update) the schedule of a durable model: config durable_schedule."""
+        """Register (or update) the schedule of a durable model (config durable_schedule). The
+        schedule is named by the model's relation, so each target has its own; ``owner``
+        (project, target, model) lets a later build remove it with the model or its config."""
         from dbt_durable.api import Client
         from dbt_durable.errors import DurableError
 
-        target = {"kind": "flow", "flow": flow_text, "flow_name": unique_id}
+        target = {"kind": "flow", "flow": flow_text, "flow_name": relation, "dbt": dict(owner or {})}
         try:
-            Client(self._settings()).schedule_add(unique_id, cron, tz, target, catchup)
+            Client(self._settings()).schedule_add(relation, cron, tz, target, catchup)
         except DurableError as exc:
-            raise CompilationError(f"durable_schedule of {unique_id}: {exc}") from None
+            raise CompilationError(f"durable_schedule of {relation}: {exc}") from None
+
+    @available.parse(lambda *a, **k: [])
+    def durable_reconcile_schedules(self, project: str, target: str, keep: list[str]) -> list[str]:
+        """Remove the schedules that durable models of this project and target registered but
+        no longer declare (config removed, or model gone). Returns the names removed."""
+        from dbt_durable.bridge.models import reconcile_schedules
+        from dbt_durable.errors import DurableError
+
+        try:
+            return reconcile_schedules(self._settings(), project, target, set(keep))
+        except DurableError as exc:
+            raise DbtRuntimeError(str(exc)) from None
