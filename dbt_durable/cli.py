@@ -10,7 +10,6 @@ Exit codes: 0 success; 1 a run failed or was cancelled; 2 bad input or an unreac
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +26,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
-def _database(obj: dict[str, Any]) -> Iterator[str]:
-    """The DSN: --dsn / DBT_DURABLE_DSN, else the dbt project's profile, else the embedded db."""
+def _database(obj: dict[str, Any], read_only: bool = False) -> Iterator[str]:
+    """The DSN: --dsn / DBT_DURABLE_DSN, else the dbt project's profile, else the embedded db.
+
+    ``read_only`` (status, result, explain): an embedded database that does not exist yet is
+    not created; the error says where the command looked and how to point it at a database.
+    """
     if obj["dsn_option"]:
         yield obj["dsn_option"]
         return
@@ -44,6 +47,14 @@ def _database(obj: dict[str, Any]) -> Iterator[str]:
         return
     from dbt_durable.embedded import DEFAULT_HOME, embedded_database
 
+    if read_only and not (DEFAULT_HOME.exists() and any(DEFAULT_HOME.iterdir())):
+        where = Path(obj["project_dir"] or ".").resolve()
+        raise ConfigError(
+            "no database to read: there is no --dsn and no DBT_DURABLE_DSN, no dbt project "
+            f"(dbt_project.yml) in {where}, and no embedded database under {Path.cwd() / DEFAULT_HOME}/. "
+            "Point it at your database with --dsn postgresql://user@host/db (or DBT_DURABLE_DSN), "
+            "or run it in your dbt project folder (or give --project-dir)"
+        )
     click.echo(
         f"Using the embedded database under {DEFAULT_HOME}/ (set --dsn or DBT_DURABLE_DSN to use yours)",
         err=True,
@@ -98,7 +109,101 @@ def _with_db(func: F) -> F:
     return _handles_errors(wrapper)  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _reads_db(func: F) -> F:
+    """Like :func:`_with_db` for a read-only command: it never creates an embedded database."""
+
+    @wraps(func)
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        with _database(ctx.obj, read_only=True) as dsn:
+            ctx.obj["dsn"] = dsn
+            return ctx.invoke(func, *args, **kwargs)
+
+    return _handles_errors(wrapper)  # type: ignore[return-value]
+
+
+# The connection options of the group, also accepted after the subcommand (``dbt-durable
+# start ... --dsn X``, as in ``dbt run --target prod``). Each takes a value.
+CONNECTION_OPTIONS = (
+    "--dsn",
+    "--schema",
+    "--concurrency",
+    "--project-dir",
+    "--profiles-dir",
+    "--target",
+    "-t",
+)
+# Commands whose own arguments are passed through untouched (dbt's arguments).
+PASS_THROUGH = ("build",)
+
+
+class DurableGroup(click.Group):
+    """The command group. Before click parses, it moves connection options written after the
+    subcommand in front of it, and protects a flow text that begins with ``--`` (a SQL
+    comment) from being read as an option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self.rewrite(ctx, list(args)))
+
+    def rewrite(self, ctx: click.Context, args: list[str]) -> list[str]:
+        head: list[str] = []
+        i = 0
+        while i < len(args) and args[i].startswith("-"):  # the group's own options
+            head.append(args[i])
+            if args[i] in CONNECTION_OPTIONS and i + 1 < len(args):
+                head.append(args[i + 1])
+                i += 1
+            i += 1
+        if i >= len(args):
+            return args
+        name, rest = args[i], args[i + 1 :]
+        cmd = self.get_command(ctx, name)
+        if cmd is None or name in PASS_THROUGH:
+            return args
+        path = [name]
+        while isinstance(cmd, click.Group) and rest and not rest[0].startswith("-"):
+            sub = cmd.get_command(ctx, rest[0])
+            if sub is None:
+                break
+            path.append(rest[0])
+            cmd, rest = sub, rest[1:]
+        takes_value = {
+            opt
+            for p in cmd.params
+            if isinstance(p, click.Option) and not p.is_flag and not p.count
+            for opt in p.opts
+        }
+        own = {opt for p in cmd.params if isinstance(p, click.Option) for opt in p.opts}
+        moved: list[str] = []
+        kept: list[str] = []
+        texts: list[str] = []
+        j = 0
+        while j < len(rest):
+            arg = rest[j]
+            if arg == "--":
+                kept.extend(rest[j:])
+                break
+            flag = arg.split("=", 1)[0]
+            if flag in CONNECTION_OPTIONS and flag not in own:
+                if "=" in arg or j + 1 >= len(rest):
+                    moved.append(arg)
+                else:
+                    moved.extend([arg, rest[j + 1]])
+                    j += 1
+            elif flag in takes_value and "=" not in arg and j + 1 < len(rest):
+                kept.extend([arg, rest[j + 1]])
+                j += 1
+            elif arg.startswith("-") and any(c.isspace() for c in arg):
+                texts.append(arg)  # flow text starting with a -- comment, never an option
+            else:
+                kept.append(arg)
+            j += 1
+        if texts:
+            kept = [*kept, "--", *texts] if "--" not in kept else [*kept, *texts]
+        return [*head, *moved, *path, *kept]
+
+
+@click.group(cls=DurableGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--dsn",
     envvar="DBT_DURABLE_DSN",
@@ -243,123 +348,339 @@ def resume(ctx: click.Context, run_id: str) -> None:
     _exit_for(outcome)
 
 
-@main.command()
-@click.argument("run_id", required=False)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", default=20, show_default=True)
-@_with_db
-@click.pass_context
-def status(ctx: click.Context, run_id: str | None, as_json: bool, limit: int) -> None:
-    """Show one run with its nodes, or the latest runs."""
-    from dbt_durable.api import dumps
+def _views(ctx: click.Context) -> Any:
+    from dbt_durable.config import Settings
+    from dbt_durable.views.model import Views
 
-    client = _client(ctx)
-    if run_id:
-        run = client.get_run(run_id)
-        run.pop("flow_text", None)
-        nodes = client.nodes(run_id)
-        if as_json:
-            click.echo(dumps({"run": run, "nodes": nodes}))
-            return
-        _print_table(
-            f"run {run['run_id']} ({run['flow_name']}): {run['status']}",
-            ["node", "kind", "status", "attempts", "error"],
-            [[n["exec_key"], n["kind"], n["status"], n["attempts"], n["error"] or ""] for n in nodes],
-        )
-        if run["error"]:
-            click.echo(f"error at node {run['failed_node']}: {run['error']}")
-        return
-    runs = client.list_runs(limit)
-    if as_json:
-        click.echo(dumps(runs))
-        return
-    _print_table(
-        "runs",
-        ["run_id", "flow", "key", "status", "done", "failed node", "created"],
-        [
-            [
-                r["run_id"],
-                r["flow_name"],
-                r["run_key"] or "",
-                r["status"],
-                r["nodes_completed"],
-                r["failed_node"] or "",
-                str(r["created_at"])[:19],
-            ]
-            for r in runs
-        ],
+    obj = ctx.obj
+    return Views(
+        Settings(dsn=obj["dsn"], schema=obj["schema"] or "dbt_durable", concurrency=obj["concurrency"] or 8)
     )
 
 
-def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+_STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled", "quarantined"]
 
-    table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*[str(v) for v in row])
-    Console(width=max(150, int(os.environ.get("COLUMNS", "0") or 0))).print(table)
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table or tree.")
+@click.option("--limit", default=20, show_default=True, help="How many runs to list.")
+@click.option(
+    "--status", "status_filter", type=click.Choice(_STATUSES), default=None, help="Only runs in this state."
+)
+@click.option("--flow", "flow_filter", default=None, help="Only runs of flows named like this (% wildcards).")
+@click.option("--model", "model_filter", default=None, help="Only runs of this dbt model.")
+@click.option("--search", default=None, help="Match run id prefix, flow name, key or error text.")
+@click.option("--watch", is_flag=True, help="With RUN_ID: show the run live until it ends.")
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between refreshes of --watch.")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=None, help="Stop --watch after this many seconds."
+)
+@_reads_db
+@click.pass_context
+def status(
+    ctx: click.Context,
+    run_id: str | None,
+    as_json: bool,
+    limit: int,
+    status_filter: str | None,
+    flow_filter: str | None,
+    model_filter: str | None,
+    search: str | None,
+    watch: bool,
+    interval: float,
+    timeout_s: float | None,
+) -> None:
+    """List the latest runs (with progress), or show RUN_ID as a tree of its nodes.
+
+    Exit code with RUN_ID: 0 unless the run failed, was cancelled or is quarantined (1)."""
+    from dbt_durable.api import dumps
+    from dbt_durable.views import render
+
+    views = _views(ctx)
+    if run_id:
+        if watch and not as_json:
+            view = render.watch(views, run_id, interval, timeout_s=timeout_s)
+        else:
+            view = views.run_view(run_id)
+            if as_json:
+                click.echo(dumps(view.to_json()))
+            else:
+                render.print_run(view)
+        if view.status in ("failed", "cancelled", "quarantined"):
+            sys.exit(1)
+        return
+    if watch:
+        raise click.UsageError("--watch needs a RUN_ID")
+    runs = views.list_runs(limit, status_filter, flow_filter, model_filter, search)
+    if as_json:
+        for r in runs:
+            r["progress"] = r["progress"].__dict__
+        click.echo(dumps(runs))
+        return
+    render.runs_table(runs)
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from dbt_durable.views.render import table
+
+    table(title, columns, rows)
 
 
 @main.command()
 @click.argument("run_id")
-@_with_db
+@click.option("--json", "as_json", is_flag=True, help="Print {run_id, status, result, error} as JSON.")
+@_reads_db
 @click.pass_context
-def result(ctx: click.Context, run_id: str) -> None:
-    """Print the result of RUN_ID as JSON."""
+def result(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """Print the result of RUN_ID as JSON (exit 1, saying why, if it has not completed)."""
     from dbt_durable.api import dumps
 
-    click.echo(dumps(_client(ctx).result(run_id)))
+    run = _views(ctx).get_run(run_id)
+    if as_json:
+        click.echo(dumps({k: run[k] for k in ("run_id", "status", "result", "error", "failed_node")}))
+    elif run["status"] == "completed":
+        click.echo(dumps(run["result"]))
+    else:
+        click.echo(
+            f"run {run['run_id']} is {run['status']}, so it has no result yet"
+            + (f": {run['error']}" if run["error"] else ""),
+            err=True,
+        )
+    if run["status"] != "completed":
+        sys.exit(1)
 
 
 @main.command()
 @click.argument("target")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "mermaid", "dot", "svg", "json"]),
+    default="text",
+    show_default=True,
+    help="text tree, Mermaid flowchart, Graphviz DOT, SVG picture, or JSON.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file.")
+@click.option("-f", "--file", "from_file", is_flag=True, help="TARGET is a path to a file holding the flow.")
 @click.pass_context
 @_handles_errors
-def explain(ctx: click.Context, target: str) -> None:
-    """Print the graph of a run (with node statuses) or of a flow expression."""
+def explain(ctx: click.Context, target: str, fmt: str, output: str | None, from_file: bool) -> None:
+    """Picture the graph of a run (each node's state, loop iteration counts) or of a flow
+    expression TARGET (sequence, join, race, if and loop structure, bound names)."""
     import uuid
 
+    from dbt_durable.api import dumps
+    from dbt_durable.graph.explain import picture
+
+    text: str
     try:
+        if from_file:
+            raise ValueError
         uuid.UUID(target)
     except ValueError:
         from dbt_durable.graph.build import compile_flow
-        from dbt_durable.graph.explain import explain as explain_graph
 
-        click.echo(explain_graph(compile_flow(target)))
-        return
-    with _database(ctx.obj) as dsn:
-        ctx.obj["dsn"] = dsn
-        click.echo(_client(ctx).explain(target))
+        origin = "<flow>"
+        if from_file:
+            origin = target
+            try:
+                target = Path(target).read_text()
+            except OSError as exc:
+                raise click.BadParameter(f"cannot read {origin}: {exc.strerror}") from None
+        flow = compile_flow(target, origin)
+        if fmt == "json":
+            from dbt_durable.graph.explain import preorder
+
+            text = dumps([{"node_id": n, "depth": d, "label": flow.label(n)} for n, d in preorder(flow)])
+        else:
+            text = picture(flow, fmt)
+    else:
+        with _database(ctx.obj, read_only=True) as dsn:
+            ctx.obj["dsn"] = dsn
+            view = _views(ctx).run_view(target)
+        if fmt == "json":
+            text = dumps(view.to_json())
+        elif view.flow is None:
+            from dbt_durable.views.render import plain_tree
+
+            text = "\n".join(plain_tree(view))
+        else:
+            from dbt_durable.views.render import run_header
+
+            text = picture(view.flow, fmt, view.states, title=run_header(view))
+            if fmt == "text":
+                text = run_header(view) + "\n" + text
+    if output:
+        Path(output).write_text(text + "\n")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
 
 
 @main.command()
 @click.argument("run_id")
 @click.option("--reason", default="cancelled by user", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
 @_with_db
 @click.pass_context
-def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
-    """Cancel RUN_ID: it stops at the next node boundary; running statements are interrupted."""
-    click.echo(_client(ctx).cancel(run_id, reason))
+def cancel(ctx: click.Context, run_id: str, reason: str, as_json: bool) -> None:
+    """Cancel RUN_ID: it stops at the next node boundary; running statements are interrupted.
+    Exits 1 when there was nothing to cancel (the run had already finished)."""
+    from dbt_durable.api import dumps
+
+    out = _views(ctx).cancel(run_id, reason)
+    if as_json:
+        click.echo(dumps(out))
+    elif out["outcome"] == "cancelled" and out["changed"]:
+        click.echo(f"run {out['run_id']} cancelled (it was {out['was']}): {reason}")
+    elif out["outcome"] == "cancelling":
+        click.echo(
+            f"run {out['run_id']} is {out['was']}: cancel requested; its runner stops it at the next "
+            "node boundary and interrupts the running statement"
+        )
+    else:
+        click.echo(f"nothing to cancel: run {out['run_id']} is already {out['outcome']}", err=True)
+    if not out["changed"]:
+        sys.exit(1)
 
 
 @main.command()
 @click.argument("run_id")
 @click.argument("name")
 @click.argument("payload", required=False)
+@click.option("--json", "as_json", is_flag=True)
 @_with_db
 @click.pass_context
-def signal(ctx: click.Context, run_id: str, name: str, payload: str | None) -> None:
-    """Send signal NAME (with an optional JSON PAYLOAD) to RUN_ID. Signals are buffered."""
+def signal(ctx: click.Context, run_id: str, name: str, payload: str | None, as_json: bool) -> None:
+    """Send signal NAME (with an optional JSON PAYLOAD) to RUN_ID. Signals are buffered: one
+    sent before the run reaches its wait_for_signal waits for it."""
+    from dbt_durable.api import dumps
+
     value = None
     if payload is not None:
         try:
             value = json.loads(payload)
         except ValueError as exc:
             raise click.BadParameter(f"PAYLOAD must be JSON: {exc}") from None
-    click.echo(_client(ctx).signal(run_id, name, value))
+    out = _views(ctx).signal(run_id, name, value)
+    if as_json:
+        click.echo(dumps(out))
+        return
+    head = f"signal {name!r} (#{out['signal_id']}) delivered to run {out['run_id']} ({out['flow_name']})"
+    if out["consumed"]:
+        click.echo(f"{head}; consumed by wait_for_signal at node {out['consumed_by']}")
+    elif out["run_waiting_for_it"]:
+        click.echo(
+            f"{head}; the run is waiting for it: a worker (or `dbt-durable resume {out['run_id']}`) continues it"
+        )
+    elif out["run_status"] in ("completed", "failed", "cancelled", "quarantined"):
+        click.echo(f"{head}; buffered, but the run is {out['run_status']}, so no wait will consume it")
+    else:
+        click.echo(f"{head}; buffered until the run reaches wait_for_signal('{name}')")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--from", "from_node", required=True, help="Node id to restart from (see `explain RUN_ID`).")
+@click.option("--json", "as_json", is_flag=True)
+@_with_db
+@click.pass_context
+def restart(ctx: click.Context, run_id: str, from_node: str, as_json: bool) -> None:
+    """Queue RUN_ID again from node --from: that node and every node after it run anew (a
+    worker executes them); the nodes before it keep their checkpoints and results."""
+    from dbt_durable.api import dumps
+
+    out = _views(ctx).restart_from(run_id, from_node)
+    if as_json:
+        click.echo(dumps(out))
+        return
+    click.echo(
+        f"run {out['run_id']} queued to restart from node {from_node}: {out['nodes']} node(s) will run "
+        f"again ({out['executions_deleted']} execution(s) cleared); start a worker, or "
+        f"`dbt-durable resume {out['run_id']}`"
+    )
+
+
+@main.command()
+@click.option(
+    "--window", default=3600.0, show_default=True, help="Seconds of history for latencies and retries."
+)
+@_reads_db
+@click.pass_context
+def metrics(ctx: click.Context, window: float) -> None:
+    """Print Prometheus metrics (text format): runs by status, node latency histograms,
+    retries, claim latency, queue depth and worker liveness."""
+    from dbt_durable.views.metrics import prometheus_text
+
+    click.echo(prometheus_text(_views(ctx), window), nl=False)
+
+
+@main.command()
+@click.option(
+    "--older-than", "older_than", required=True, help="Age of finished runs to delete: 30d, 12h, 90m."
+)
+@click.option(
+    "--compact", is_flag=True, help="Instead, compact the loop iterations of finished runs that old."
+)
+@click.option("--batch-nodes", default=50_000, show_default=True, help="Node rows deleted per transaction.")
+@click.option("--json", "as_json", is_flag=True)
+@_with_db
+@click.pass_context
+def prune(ctx: click.Context, older_than: str, compact: bool, batch_nodes: int, as_json: bool) -> None:
+    """Delete finished runs (completed, failed, cancelled) older than --older-than, with their
+    nodes, events and signals, in short transactions (no long locks)."""
+    from dbt_durable.api import dumps
+    from dbt_durable.views.model import parse_age
+
+    views = _views(ctx)
+    age = parse_age(older_than)
+    if compact:
+        out = views.compact_finished(age)
+        message = f"compacted {out['runs_compacted']} run(s): {out['iterations_deleted']} loop iteration row(s) deleted"
+    else:
+        out = views.prune(age, max_nodes=batch_nodes)
+        message = (
+            f"pruned {out['runs_deleted']} finished run(s) older than {older_than} "
+            f"({out['nodes_deleted']} node row(s), {out['batches']} batch(es))"
+        )
+    click.echo(dumps(out) if as_json else message)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (keep it local).")
+@click.option("--port", default=8765, show_default=True)
+@click.option(
+    "--token",
+    envvar="DBT_DURABLE_UI_TOKEN",
+    default=None,
+    help="Token that actions need (default: a new one, printed). Without it the page is read-only.",
+)
+@click.option("--read-only", is_flag=True, help="No actions at all.")
+@_reads_db
+@click.pass_context
+def ui(ctx: click.Context, host: str, port: int, token: str | None, read_only: bool) -> None:
+    """A dashboard on http://127.0.0.1:8765: runs, each run's graph live, nodes, schedules,
+    workers, and actions (signal, cancel, resume, restart, schedules) behind a token."""
+    import secrets as secret_tokens
+
+    try:
+        from dbt_durable.ui.app import serve
+    except ImportError as exc:
+        raise ConfigError(
+            f"the dashboard needs the ui extra: pip install 'dbt-durable[ui]' ({exc})"
+        ) from None
+    if not read_only and not token:
+        token = secret_tokens.token_urlsafe(18)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding {host}: the dashboard is reachable from other machines", err=True)
+    url = f"http://{host}:{port}/"
+    click.echo(f"dashboard on {url}", err=True)
+    if token:
+        click.echo(f"actions token: {token}   (open {url}?token={token} to act)", err=True)
+    else:
+        click.echo("read-only: no actions", err=True)
+    serve(_views(ctx), host=host, port=port, token=None if read_only else token)
 
 
 @main.command()

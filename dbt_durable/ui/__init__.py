@@ -1,0 +1,1 @@
+"""The ``dbt-durable ui`` dashboard (needs the ``ui`` extra: starlette and uvicorn)."""
