@@ -54,7 +54,7 @@ def _last_result(cur: psycopg.AsyncCursor[Any]) -> pq.abc.PGresult | None:
     return res
 
 
-def _text_literal(value: Any) -> str:
+def text_literal(value: Any) -> str:
     """A SQL literal that reads the same whatever the session's standard_conforming_strings
     (a step can change it): an E'' string, with backslashes and quotes escaped. NUL cannot
     occur (jsonb and the ids reject it)."""
@@ -80,13 +80,13 @@ class CheckpointWriter:
     def __init__(self, query: str, run_id: str, owner: str):
         # query: "SELECT <schema>.checkpoint_node(%s, %s, %s, %s, %s, %s, %s, %s)"
         head, _, _ = query.partition("%s")
-        self.prefix = f"{head}{_text_literal(run_id)}, {_text_literal(owner)}, "
+        self.prefix = f"{head}{text_literal(run_id)}, {text_literal(owner)}, "
 
     def statement(self, key: str, node_id: str, attempt: int, result_json: str, started_at: Any) -> bytes:
         """The statement that checkpoints SQL step ``key`` (its result already JSON text)."""
         return (
-            f"{self.prefix}{_text_literal(key)}, {_text_literal(node_id)}, 'sql', {int(attempt)}, "
-            f"{_text_literal(result_json)}, {_text_literal(started_at)})"
+            f"{self.prefix}{text_literal(key)}, {text_literal(node_id)}, 'sql', {int(attempt)}, "
+            f"{text_literal(result_json)}, {text_literal(started_at)})"
         ).encode()
 
 

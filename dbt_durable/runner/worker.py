@@ -25,18 +25,22 @@ from psycopg_pool import PoolTimeout
 
 from dbt_durable.config import Settings
 from dbt_durable.errors import ConnectionFailed, RunNotFound
+from dbt_durable.graph.build import ROOT
+from dbt_durable.runner.batch import MAX_BATCH, BatchOutcome, run_batch
 from dbt_durable.runner.engine import Engine, Outcome
 from dbt_durable.runner.lease import RunBusy
 from dbt_durable.runner.schedules import fire_due_schedules
 from dbt_durable.runner.tasks import cancel_and_wait
 from dbt_durable.store.connect import APP_PREFIX, open_async, open_sync
 from dbt_durable.store.migrate import migrate
+from dbt_durable.store.status import RunStatus
 
 log = logging.getLogger("dbt_durable.worker")
 
 CHANNELS = ("dbt_durable_wake", "dbt_durable_signal")
 CLAIM_LATENCIES_KEPT = 10_000
 SCHEDULE_CHECK_S = 1.0
+BATCH_SIZE = MAX_BATCH
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 
@@ -52,6 +56,8 @@ class WorkerStats:
 
     claimed: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    in_batches: int = 0  # runs executed by the short-run path (runner/batch.py)
+    batch_statements: int = 0
     claim_latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=CLAIM_LATENCIES_KEPT))
 
 
@@ -67,6 +73,7 @@ class Worker:
         once: bool = False,
         on_outcome: Callable[[Outcome], None] | None = None,
         clock: Callable[[], datetime] | None = None,
+        short_runs: bool = True,
     ):
         self.settings = replace(settings, park_after_s=park_after_s, claim_wait_s=0.0)
         self.runs_at_once = runs_at_once
@@ -74,6 +81,7 @@ class Worker:
         self.once = once
         self.on_outcome = on_outcome
         self.clock = clock
+        self.short_runs = short_runs  # one-step runs in shared transactions (runner/batch.py)
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -135,27 +143,59 @@ class Worker:
                 self._fired_at = loop.time()
             claimed: list[tuple[str, bool]] = []
             free = self.runs_at_once - len(active)
-            if free > 0:
+            batched = await self._short_runs(conn, engine) if free > 0 and self.short_runs else None
+            if batched is not None:
+                claimed = [(run_id, False) for run_id in batched.handed_over]
+                free -= len(claimed)
+            full_batch = batched is not None and batched.taken >= BATCH_SIZE
+            if free > 0 and not full_batch:  # after a full batch, the next pass takes another
                 began = time.perf_counter()
                 cur = await conn.execute(
                     engine.q.claim_runnable, {"ttl": self.settings.lease_ttl_s, "limit": free}
                 )
-                claimed = [(str(row[0]), bool(row[1])) for row in await cur.fetchall()]
-                if claimed:
+                more = [(str(row[0]), bool(row[1])) for row in await cur.fetchall()]
+                if more:
                     self.stats.claim_latencies_s.append(time.perf_counter() - began)
-            more_now = bool(claimed) and len(active) + len(claimed) < self.runs_at_once
+                claimed += more
+            more_now = full_batch or (bool(claimed) and len(active) + len(claimed) < self.runs_at_once)
             next_wake = None if more_now else await self._next_wake(conn, engine)
         for run_id, orphaned in claimed:
             self.stats.claimed += 1
             task = asyncio.create_task(self._execute(engine, run_id, orphaned))
             active.add(task)
             task.add_done_callback(self._finished_callback(active))
-        if self.once and not claimed and not active:
+        if self.once and not claimed and not active and not (batched and batched.taken):
             return True
         if more_now:
             return False  # more may be runnable right away
         await self._sleep(self.poll_s if next_wake is None else max(0.01, min(self.poll_s, next_wake)))
         return False
+
+    async def _short_runs(self, conn: psycopg.AsyncConnection, engine: Engine) -> BatchOutcome | None:
+        """Run a batch of queued one-step runs in one transaction; None if the batch failed as
+        a whole (it rolled back: its runs are pending again, for the ordinary path)."""
+        caps = (self.settings.max_result_rows, self.settings.max_result_bytes)
+        began = time.perf_counter()
+        try:
+            batch = await run_batch(conn, engine.q, engine.types, caps, BATCH_SIZE, self.settings.lease_ttl_s)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.Error as exc:
+            # This pass's ordinary claim takes them instead, so a run that breaks batches runs
+            # alone from now on.
+            log.warning("a batch of short runs rolled back (%s); they run one by one", exc)
+            return None
+        if batch.taken:
+            self.stats.claim_latencies_s.append(time.perf_counter() - began)
+        self.stats.claimed += len(batch.finished)
+        self.stats.in_batches += len(batch.finished)
+        self.stats.batch_statements += batch.statements
+        for run_id, error in batch.finished:
+            status = RunStatus.FAILED if error else RunStatus.COMPLETED
+            self.stats.finished[status] = self.stats.finished.get(status, 0) + 1
+            if self.on_outcome is not None:
+                self.on_outcome(Outcome(run_id, status, error=error, failed_node=ROOT if error else None))
+        return batch
 
     async def _next_wake(self, conn: psycopg.AsyncConnection, engine: Engine) -> float | None:
         """Seconds until the earliest parked run is due, if any run is parked."""

@@ -147,6 +147,14 @@ SEND_SIGNAL = "SELECT {s}.signal(%s, %s, %s)"
 
 CANCEL_RUN = "SELECT {s}.cancel(%s, %s)"
 
+# Short runs in one transaction (runner/batch.py): take pending runs under row locks, finish
+# each in the same transaction, hand the others to the ordinary path.
+TAKE_PENDING = "SELECT run_id, kind, plan, flow_text, vars FROM {s}.take_pending(%s)"
+
+FINISH_PENDING = "SELECT {s}.finish_pending(%s, %s, %s, %s, %s, %s)"
+
+HAND_OVER = "SELECT {s}.hand_over(%s, %s)"
+
 TYPE_NAMES = "SELECT oid::int, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(%s)"
 
 

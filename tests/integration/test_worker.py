@@ -204,7 +204,10 @@ def test_worker_stats_record_each_claim_that_returned_a_run(space: Space) -> Non
     client = space.client()
     for _ in range(3):
         client.start("'SELECT 1'", wait=False)
-    stats = asyncio.run(Worker(space.settings(), runs_at_once=1, poll_s=0.2, once=True).run())
+    # The ordinary claim path (short runs would take all three in one batch).
+    stats = asyncio.run(
+        Worker(space.settings(), runs_at_once=1, poll_s=0.2, once=True, short_runs=False).run()
+    )
     assert stats.claimed == 3 and stats.finished == {"completed": 3}
     # One run per claim; the last claim, which found nothing, is not recorded.
     assert len(stats.claim_latencies_s) == 3
