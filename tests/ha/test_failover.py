@@ -18,6 +18,7 @@ FAILOVER_REPORT=path writes the figures as JSON (docs/RELIABILITY.md quotes them
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ import pytest
 
 from dbt_durable.api import Client
 from dbt_durable.config import Settings
+from dbt_durable.runner.health import Health
 from tests.ha import fleet
 from tests.ha.servers import PgServer, primary_and_standby, requires_servers, wait_until
 
@@ -102,6 +104,9 @@ def test_synchronous_failover_loses_nothing_and_duplicates_nothing() -> None:
         dsn = multi_host(primary, standby)
         began = time.monotonic()
         procs = start_fleet(dsn)
+        # A worker's health check counts a DSN that lands on the standby as down (read-only).
+        probe = asyncio.run(Health([], []).database_state(standby.dsn))
+        assert not probe.ok and probe.detail.startswith("read-only")
         # Mid-run: a third of the steps are checkpointed.
         wait_until(lambda: len(completed_steps(primary)) >= total_steps() // 3, what="a third done")
         acknowledged = completed_steps(primary)  # committed, hence flushed on the standby
