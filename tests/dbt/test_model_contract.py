@@ -320,3 +320,46 @@ def test_schedules_follow_the_project(project: Project) -> None:
     project.ok("run", "--select", "nightly")
     names = [r[0] for r in project.query("SELECT name FROM {state}.schedules")]
     assert len(names) == 1 and f"{project.base}_prod" in names[0]  # dev's went with its config; prod's stays
+
+
+def _readme_block(marker: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    at = text.index(marker)
+    start = text.rindex("```sql\n", 0, at) + len("```sql\n")
+    return text[start : text.index("```", at)]
+
+
+def test_the_readme_model_runs_and_reruns_to_the_same_table(project: Project) -> None:
+    body = _readme_block("-- models/orders_copy.sql")
+    project.model("orders_copy", body)
+    (project.path / "models" / "sources.yml").write_text(
+        f"version: 2\nsources:\n  - name: shop\n    schema: {project.raw}\n    tables: [{{name: orders}}]\n"
+    )
+    for _ in range(2):
+        project.ok("run", "--select", "orders_copy")
+        assert project.query("SELECT count(*) FROM {dev}.orders_copy") == [(10,)]
+
+
+def test_the_readme_headline_flow_loads_every_row_once_and_ends(project: Project) -> None:
+    flow = _readme_block("'SELECT coalesce(max(id), 0) AS last_id FROM staging.orders'")
+    tag = project.base + "_hl"
+    for schema in ("raw", "staging", "marts"):
+        flow = flow.replace(f"{schema}.", f"{tag}_{schema}.")
+        project.query(f"CREATE SCHEMA IF NOT EXISTS {tag}_{schema}")
+    flow = flow.replace("LIMIT 5000", "LIMIT 3")
+    try:
+        project.query(
+            f"CREATE TABLE {tag}_raw.orders AS SELECT g AS id, g * 1.5 AS amount FROM generate_series(1, 10) g"
+        )
+        project.query(f"CREATE TABLE {tag}_staging.orders (LIKE {tag}_raw.orders)")
+        project.query(f"INSERT INTO {tag}_staging.orders SELECT * FROM {tag}_raw.orders WHERE id <= 2")
+        project.query(
+            f"CREATE TABLE {tag}_marts.daily_summary (at timestamptz, orders bigint, total numeric)"
+        )
+        started = project.space.client().start(flow, wait=True)
+        assert started.outcome is not None and started.outcome.status == "completed", started.outcome
+        assert project.query(f"SELECT count(*), count(DISTINCT id) FROM {tag}_staging.orders") == [(10, 10)]
+        assert project.query(f"SELECT orders, total FROM {tag}_marts.daily_summary") == [(10, 82.5)]
+    finally:
+        for schema in ("raw", "staging", "marts"):
+            project.query(f"DROP SCHEMA IF EXISTS {tag}_{schema} CASCADE")
