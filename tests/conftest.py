@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -53,7 +54,7 @@ class Space:
     def client(self, **kw: object) -> Client:
         return Client(self.settings(**kw))
 
-    def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             cur = conn.execute(text.replace("{state}", self.schema), params or None)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
