@@ -122,7 +122,13 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "backoff": (str, int, float),
     "timeout": (str, int, float),
     "transaction": (bool,),
+    # HTTP flow control (dbt_durable.runner.http_limits)
+    "concurrency": (int,),
+    "rate": (str,),
+    "throttle_wait": (str, int, float),
 }
+HTTP_ONLY_OPTIONS = ("concurrency", "rate", "throttle_wait")
+RATE_TEXT = re.compile(r"^\s*\d+(\.\d+)?\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.IGNORECASE)
 
 # An argument is either an expression or a literal (with its token, for positions).
 Arg = tuple[A.Node | str | float | None, Token]
@@ -376,6 +382,9 @@ class Parser:
             raise self.error("options apply to steps only (sql, http, sleep, waits)", with_tok)
         if "transaction" in options and not isinstance(node, A.Sql):
             raise self.error("transaction= applies to SQL steps only", with_tok)
+        for key in HTTP_ONLY_OPTIONS:
+            if key in options and not isinstance(node, A.Http):
+                raise self.error(f"{key}= applies to http() steps only", with_tok)
         merged = tuple(sorted({**dict(node.options), **options}.items()))
         return _with(node, merged)
 
@@ -395,13 +404,17 @@ class Parser:
             raise self.error(f"expected a value for option {key!r}")
         if not isinstance(value, OPTION_TYPES[key]) or (isinstance(value, bool) and key != "transaction"):
             raise self.error(f"bad value for option {key!r}: {tok.text}", tok)
-        if key in ("timeout", "backoff"):
+        if key in ("timeout", "backoff", "throttle_wait"):
             try:
                 parse_duration(value)
             except ValueError as exc:
                 raise self.error(str(exc), tok) from None
         if key == "retries" and isinstance(value, int) and value < 0:
             raise self.error("retries must be >= 0", tok)
+        if key == "concurrency" and isinstance(value, int) and value < 1:
+            raise self.error("concurrency must be >= 1", tok)
+        if key == "rate" and (not RATE_TEXT.match(str(value)) or float(str(value).split("/")[0]) <= 0):
+            raise self.error(f"bad rate {tok.text}: write requests per unit, e.g. '50/s', '3000/m'", tok)
         return value
 
     # -- node builders ---------------------------------------------------------------------

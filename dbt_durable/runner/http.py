@@ -33,6 +33,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 from dbt_durable.errors import BindingError, DurableError, ResultTooLarge
 from dbt_durable.flow import ast as A
+from dbt_durable.runner import http_limits
 
 DEFAULT_TIMEOUT_S = 30.0
 ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -147,6 +148,16 @@ class RequestInvalid(DurableError):
 
 class HttpFailed(DurableError):
     """The HTTP request failed (transport error or 5xx); retried per the node's options."""
+
+
+class Throttled(DurableError):
+    """The server answered 429, or 503 with ``Retry-After``: wait (durably), then send again.
+
+    ``retry_after_s`` is the server's ``Retry-After`` in seconds, or None if it gave none."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def _allowed_hosts() -> set[str]:
@@ -271,7 +282,8 @@ async def run_http(
 ) -> dict[str, Any]:
     """Send the request; return ``{"status", "headers", "body", "json"}``.
 
-    Raises :class:`HttpFailed` on transport errors and 5xx answers (retryable), and only
+    Raises :class:`HttpFailed` on transport errors and 5xx answers (retryable),
+    :class:`Throttled` on 429 (and on 503 with ``Retry-After``), and only
     :class:`DurableError` subclasses otherwise, so the caller can mask every message.
     """
     import httpx
@@ -307,6 +319,9 @@ async def run_http(
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
         raise RequestInvalid(f"{ast.method} {url}: {type(exc).__name__}: {exc}") from None
     text = b"".join(chunks).decode(resp.encoding or "utf-8", errors="replace")
+    retry_after = resp.headers.get("retry-after")
+    if resp.status_code == 429 or (resp.status_code == 503 and retry_after):
+        raise Throttled(f"{ast.method} {url} answered {resp.status_code}", http_limits.retry_after_s(retry_after))
     if resp.status_code >= 500:
         raise HttpFailed(f"{ast.method} {url} answered {resp.status_code}")
     try:

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from dbt_durable.errors import DurableError
 from dbt_durable.flow import ast as A
-from dbt_durable.runner.http import SecretValues, render_request_text, run_http
+from dbt_durable.runner import faults
+from dbt_durable.runner.http import SecretValues, Throttled, render_request_text, run_http
+from dbt_durable.runner.http_limits import limited
 from dbt_durable.runner.render import idempotency_key, substitute
 from dbt_durable.runner.values import Step
 
@@ -30,7 +32,7 @@ async def http_step(run: RunExecution, step: Step) -> Any:
         for f in ("url", "body", "headers")
     }
     try:
-        result = await run_http(
+        sending = run_http(
             ast,
             text["url"] or ast.url,
             text["body"],
@@ -39,8 +41,12 @@ async def http_step(run: RunExecution, step: Step) -> Any:
             run.settings.max_result_bytes,
             step.spec.timeout_s,
         )
+        result = await limited(ast, text["url"] or ast.url, sending)  # concurrency=, rate=
+    except Throttled as exc:
+        raise Throttled(secrets.mask(str(exc)), exc.retry_after_s) from None
     except DurableError as exc:
         raise type(exc)(secrets.mask(str(exc))) from None
+    faults.hit("in_step", step.key, run.flow_name)  # the response is in hand, not yet checkpointed
     stored = secrets.mask_json(result)
     await run.writer.checkpoint(step.key, step.node_id, "http", step.attempt, stored)
     return stored
