@@ -76,7 +76,8 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
 
 @dataclass
 class Progress:
-    """Done against total static steps (steps outside loops), and loop iterations apart."""
+    """Done against total static steps (steps outside loops), and step executions inside
+    loops (every iteration of every step in a loop body) counted apart."""
 
     static_done: int
     static_total: int
@@ -87,7 +88,7 @@ class Progress:
     def text(self) -> str:
         out = f"{self.static_done}/{self.static_total}"
         if self.iterations_done:
-            out += f" +{self.iterations_done} loop iter."
+            out += f" +{self.iterations_done} in loops"
         return out
 
 
