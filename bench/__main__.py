@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import dbt_build, fanout, planning, report, resume, scenarios, sqlcost, workers
+from bench import dbt_build, fanout, memory, planning, report, resume, scenarios, sqlcost, workers
 from bench.db import database, machine_facts
 from bench.result import Bench, ScenarioResult
 from bench.sizes import Sizes, pick
@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "resume": resume.resume,
     "dbt_build": dbt_build.dbt_build_overhead,
     "worker": workers.worker_throughput,
+    "memory": memory.result_cap_memory,
 }
 
 # The headline metrics of each scenario, set to null with the error if the scenario breaks
@@ -45,6 +46,7 @@ PRODUCES: dict[str, list[str] | Callable[[Sizes], list[str]]] = {
     "resume": ["resume_ratio"],
     "dbt_build": dbt_build.metrics,
     "worker": workers.METRICS,
+    "memory": memory.METRICS,
 }
 
 

@@ -179,7 +179,7 @@ async def _step(
     started = datetime.now(UTC)
     savepoint = f"SAVEPOINT b{depth}".encode()
     try:
-        res = (await wire.query(step_sql.encode() + b"\n;" + savepoint))[-2]
+        res = (await wire.query(step_sql.encode() + b"\n;" + savepoint, caps))[-2]
         faults.hit("in_step", ROOT, "")
         if types.missing(res):
             wire.detach()  # psycopg is about to use the connection

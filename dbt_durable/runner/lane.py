@@ -26,7 +26,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
-from dbt_durable.errors import DurableError
+from dbt_durable.errors import DurableError, ResultTooLarge
 from dbt_durable.runner import faults
 from dbt_durable.runner.results import build_result
 from dbt_durable.runner.steps import (
@@ -123,6 +123,11 @@ class Lane:
         head = begin if self.pending is None else RELEASE + self.pending + b";COMMIT;" + begin
         try:
             res = await self._round_trip(head, step_sql)
+        except ResultTooLarge:
+            # Only the step returns rows: what came before it (the checkpoint) committed.
+            self._committed_pending()
+            await self._rollback()
+            raise
         except psycopg.Error as exc:
             if not await self._recover_previous(exc):
                 await self._after_error(exc, key)
@@ -161,7 +166,8 @@ class Lane:
         The savepoint lets :meth:`_recover_previous` keep this step's effects if the next
         round trip (which starts with this step's checkpoint) fails before running at all."""
         assert self.wire is not None
-        return (await self.wire.query(head + b"\n" + step_sql.encode() + b"\n;" + SAVEPOINT))[-2]
+        query = head + b"\n" + step_sql.encode() + b"\n;" + SAVEPOINT
+        return (await self.wire.query(query, self.caps))[-2]
 
     async def _recover_previous(self, exc: psycopg.Error) -> bool:
         """After a failed round trip that carried the previous step's checkpoint: if nothing

@@ -25,6 +25,8 @@ async def sql_step(run: RunExecution, step: Step, lane: Lane) -> Any:
     if spec.transactional:
         return await lane.run(text, spec.timeout_s, step.key, step.node_id, step.attempt, run.engine.clock())
     caps = (run.settings.max_result_rows, run.settings.max_result_bytes)
+    if lane.wire is not None:
+        lane.wire.detach()  # run_autocommit watches the connection itself
     result = await steps.run_autocommit(conn, text, spec.timeout_s, run.engine.types, run.q.type_names, caps)
     await lane.release()
     await run.writer.checkpoint(step.key, step.node_id, "sql", step.attempt, result)

@@ -98,18 +98,24 @@ async def run_autocommit(
     type_query: str,
     caps: tuple[int, int],
 ) -> dict[str, Any]:
-    """Run ``step_sql`` outside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY)."""
-    cur = conn.cursor()
+    """Run ``step_sql`` outside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY).
+
+    Rows are read under the result caps (memory stays bounded, see :mod:`runner.wire`);
+    nothing else may be watching the connection (detach the lane's wire first)."""
+    from dbt_durable.runner.wire import Wire
+
+    wire = Wire(conn)
     try:
         if timeout_s:
-            await cur.execute(f"SET statement_timeout = {int(timeout_s * 1000)}".encode())
-        await cur.execute(step_sql.encode())
-        res = _last_result(cur)
+            await wire.query(f"SET statement_timeout = {int(timeout_s * 1000)}".encode())
+        res = (await wire.query(step_sql.encode(), caps))[-1]
+        wire.detach()
         await types.ensure(conn, res, type_query)
         return build_result(res, types.names, *caps)
     except psycopg.Error as exc:
         raise StepSqlError(_describe(exc), transient=conn.broken) from None
     finally:
+        wire.detach()
         if timeout_s and not conn.broken:
             try:
                 await conn.execute(b"RESET statement_timeout")

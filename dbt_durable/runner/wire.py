@@ -11,16 +11,25 @@ they matter:
   failed statement (the server runs none after it);
 - a broken connection raises :class:`psycopg.OperationalError` and leaves ``conn.broken`` set;
 - a cancelled task cancels the statement on the server and drains the connection before
-  re-raising, so the connection is idle (or closed) afterwards.
+  re-raising, so the connection is idle (or closed) afterwards;
+- with ``caps`` (rows, bytes), rows arrive in chunks (libpq's chunked-rows mode) and a
+  statement whose rows pass a cap is cancelled on the server: :class:`ResultTooLarge` is
+  raised once the connection is drained, and memory never holds more than the cap and one
+  chunk, however many rows the statement would have returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Awaitable, Callable
 
 import psycopg
 from psycopg import errors, pq
+
+from dbt_durable.errors import ResultTooLarge
+
+CHUNK_ROWS = 1000
 
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
 
@@ -37,16 +46,22 @@ class Wire:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    async def query(self, query: bytes) -> list[pq.abc.PGresult]:
-        """Send ``query`` (one or more statements) and return the result of each statement."""
+    async def query(self, query: bytes, caps: tuple[int, int] | None = None) -> list[pq.abc.PGresult]:
+        """Send ``query`` (one or more statements) and return the result of each statement;
+        with ``caps`` (max rows, max bytes of one statement's rows), see the module docstring."""
         conn = self.conn
         pgconn = conn.pgconn
         async with conn.lock:
             try:
                 pgconn.send_query(query)
+                if caps is not None:
+                    pgconn.set_chunked_rows_mode(CHUNK_ROWS)
                 while pgconn.flush():
                     await _ready(pgconn.socket, writing=True)
-                results = await _results(pgconn, self._readable)
+                if caps is None:
+                    results = await _results(pgconn, self._readable)
+                else:
+                    results = await _capped_results(conn, self._readable, *caps)
             except asyncio.CancelledError:
                 self.detach()
                 await _cancel_and_drain(conn)
@@ -110,6 +125,77 @@ async def _results(pgconn: pq.abc.PGconn, readable: Callable[[], Awaitable[None]
         if res is None:
             return results
         results.append(res)
+
+
+class ChunkedResult:
+    """One statement's rows received in chunks, read like the ``PGresult`` of the whole."""
+
+    def __init__(self, chunks: list[pq.abc.PGresult], final: pq.abc.PGresult):
+        self.status = final.status
+        self._final = final
+        self._chunks = chunks
+        self._head = chunks[0] if chunks else final
+        self._starts: list[int] = []
+        total = 0
+        for chunk in chunks:
+            self._starts.append(total)
+            total += chunk.ntuples
+        self.ntuples = total
+        self.nfields = self._head.nfields
+        self.command_tuples = final.command_tuples
+
+    def fname(self, column: int) -> bytes | None:
+        return self._head.fname(column)
+
+    def ftype(self, column: int) -> int:
+        return self._head.ftype(column)
+
+    def get_value(self, row: int, column: int) -> bytes | None:
+        i = bisect.bisect_right(self._starts, row) - 1
+        return self._chunks[i].get_value(row - self._starts[i], column)
+
+
+async def _capped_results(
+    conn: psycopg.AsyncConnection, readable: Callable[[], Awaitable[None]], max_rows: int, max_bytes: int
+) -> list[pq.abc.PGresult]:
+    pgconn = conn.pgconn
+    results: list[pq.abc.PGresult] = []
+    chunks: list[pq.abc.PGresult] = []
+    rows = size = 0
+    over: str | None = None
+    while True:
+        pgconn.consume_input()
+        if pgconn.is_busy():
+            await readable()
+            continue
+        res = pgconn.get_result()
+        if res is None:
+            break
+        if res.status == pq.ExecStatus.TUPLES_CHUNK:
+            if over is not None:
+                continue  # drained and dropped: the statement is being cancelled
+            rows += res.ntuples
+            size += sum(
+                len(v) for r in range(res.ntuples) for c in range(res.nfields) if (v := res.get_value(r, c))
+            )
+            chunks.append(res)
+            if rows > max_rows or size > max_bytes:
+                over = (
+                    f"result has {rows} rows, over the cap of {max_rows} (max_result_rows; reading stopped there)"
+                    if rows > max_rows
+                    else f"result is over the cap of {max_bytes} bytes (max_result_bytes)"
+                )
+                chunks.clear()
+                pgconn.get_cancel().cancel()  # blocking but brief: one cancel request packet
+            continue
+        if res.status == pq.ExecStatus.TUPLES_OK and over is None:
+            results.append(ChunkedResult(chunks, res) if chunks else res)  # type: ignore[arg-type]
+        elif over is None:
+            results.append(res)
+        chunks, rows, size = [], 0, 0
+    if over is not None:
+        raise ResultTooLarge(f"{over}; write large results to a table instead of binding them")
+    return results
 
 
 async def _ready(fileno: int, writing: bool) -> None:
