@@ -208,3 +208,42 @@ def test_several_workers_with_random_kills(space: Space) -> None:
     TOTALS["losses"] += runs * 3 - int(counts[1])  # type: ignore[call-overload]
     TOTALS["runs_completed"] += runs
     assert counts == (runs * 3, runs * 3)
+
+
+@pytest.mark.skipif(bool(os.environ.get("DBT_DURABLE_TEST_DSN")), reason="restarts only the embedded server")
+def test_a_worker_survives_a_postgres_restart_and_terminated_sessions(pg_dsn: str) -> None:
+    """The worker process stays up through a restart and through the termination of every one
+    of its sessions, and goes on executing runs queued afterwards (each exactly once)."""
+    from tests.integration.test_worker import wait_for, worker
+
+    with make_space(pg_dsn) as space:
+        space.query("CREATE TABLE effects(run_id uuid PRIMARY KEY)")
+        client = space.client()
+        step = "'INSERT INTO effects VALUES (''{sys_run_id}'')'"
+        client.migrate()
+        proc = worker(space)
+        try:
+            first = [client.start(step, wait=False).run_id for _ in range(5)]
+            wait_for(lambda: space.query("SELECT count(*) FROM effects") == [(5,)], timeout=60)
+            _pg_ctl_restart(pg_dsn)
+            TOTALS["restarts"] += 1
+            second = [client.start(step, wait=False).run_id for _ in range(5)]
+            wait_for(lambda: space.query("SELECT count(*) FROM effects") == [(10,)], timeout=90)
+            assert proc.poll() is None, "the worker exited after the restart"
+            with psycopg.connect(space.dsn, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'dbt_durable:%%'"
+                )
+            TOTALS["terminations"] += 1
+            third = [client.start(step, wait=False).run_id for _ in range(5)]
+            wait_for(lambda: space.query("SELECT count(*) FROM effects") == [(15,)], timeout=90)
+            assert proc.poll() is None, "the worker exited after its sessions were terminated"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        runs = first + second + third
+        assert space.query(
+            "SELECT count(*) FROM {state}.runs WHERE status = 'completed' AND run_id = ANY(%s::uuid[])",
+            (runs,),
+        ) == [(15,)]
+        assert space.query("SELECT count(DISTINCT run_id) FROM effects") == [(15,)]
