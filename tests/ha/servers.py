@@ -145,8 +145,29 @@ class PgServer:
     def start(self) -> None:
         as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start")
 
-    def stop(self, mode: str = "fast") -> None:
-        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=False)
+    def stop(self, mode: str = "fast", timeout: float = 20) -> None:
+        """``pg_ctl stop -m MODE``; a server that is not gone after ``timeout`` seconds (a
+        loaded machine) is SIGKILLed with its children, so a test never hangs on it."""
+        pid = self.postmaster_pid()
+        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-W", "stop", check=False)
+        deadline = time.monotonic() + timeout
+        while pid is not None and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if pid is not None and _alive(pid):
+            for child in [pid, *_children(pid)]:
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            while _alive(pid):
+                time.sleep(0.02)
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def promote(self) -> None:
         as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-w", "-t", "60", "promote")
@@ -158,6 +179,26 @@ class PgServer:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             cur = conn.execute(text.encode() if params is None else text, params)
             return cur.fetchall() if cur.description else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

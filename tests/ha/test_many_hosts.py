@@ -104,48 +104,56 @@ def holds(dsn: str, owner: str) -> int:
 
 def test_three_hosts_one_killed_again_and_again(server: PgServer, dsn: str) -> None:
     plain_login(server)
-    runs, steps, kills_wanted = 48, 10, 4
+    steps, kills = 10, 4
     client = Client(Settings(dsn=dsn, schema=fleet.SCHEMA))
-    for i in range(runs):
-        client.start(fleet.chain(steps, 0.1), name="hosts", key=str(i), wait=False)
+    queued = 0
+
+    def queue(n: int) -> None:
+        nonlocal queued
+        for _ in range(n):
+            client.start(fleet.chain(steps, 0.1), name="hosts", key=str(queued), wait=False)
+            queued += 1
+
+    queue(16)
     # host-a keeps a 3 s lease, so that the runs of each killed host-a worker are orphaned
     # (claimable by any worker) 3 s after its last renewal instead of the default 15 s.
-    groups = {h: fleet.worker(dsn, h, host=h, concurrency=4) for h in ("host-b", "host-c")}
+    groups = {h: fleet.worker(dsn, h, host=h, concurrency=2) for h in ("host-b", "host-c")}
     hosts: dict[str, str] = {}  # worker id -> host, as the workers registered themselves
     killed: list[str] = []
     try:
-        for _ in range(kills_wanted):
+        while len(killed) < kills:
             victim = short_lease_worker(dsn, "host-a", 3.0)
             groups["host-a"] = victim
             try:
                 fleet.wait_for(lambda: registered(dsn, victim) is not None, 30, "host-a registered")  # noqa: B023
                 owner = registered(dsn, victim)
                 assert owner is not None
-                fleet.wait_for(lambda: holds(dsn, owner) > 0, 30, "host-a holding runs")  # noqa: B023
+                deadline = time.monotonic() + 30
+                while holds(dsn, owner) == 0:  # new work, until host-a has some of it
+                    assert time.monotonic() < deadline, "host-a never got a run"
+                    queue(4)
+                    time.sleep(0.3)
                 hosts.update(hosts_of(dsn))
             finally:
                 victim.kill()  # SIGKILL of the whole process group
             killed.append(owner)
-            if fleet.count_runs(dsn, "completed") >= runs - 8:
-                break
         groups["host-a"] = short_lease_worker(dsn, "host-a", 3.0)
-        fleet.wait_for(lambda: fleet.count_runs(dsn, "completed") == runs, 60, "every run completed", 0.2)
+        fleet.wait_for(lambda: fleet.count_runs(dsn, "completed") == queued, 90, "every run completed", 0.2)
         hosts.update(hosts_of(dsn))
     finally:
         for p in groups.values():
             p.stop()
-    assert len(killed) >= 2
     after = fleet.check(dsn)
     assert after.exact, after
-    assert len(after.nodes) == runs * steps
-    assert fleet.count_runs(dsn, "completed") == runs
+    assert len(after.nodes) == queued * steps
+    assert fleet.count_runs(dsn) == fleet.count_runs(dsn, "completed") == queued
     # Worker identity includes the host: every group registered under its own host name.
     assert set(hosts.values()) == set(HOSTS)
     # The runs of the killed host-a workers were taken over, on the other hosts among others.
     moved = [(a, hosts.get(b)) for a, b in takeovers(dsn) if a in killed]
     assert {a for a, _ in moved} == set(killed), (killed, moved)
     assert any(b in ("host-b", "host-c") for _, b in moved), moved
-    print(f"{runs} runs, {runs * steps} steps, host-a killed {len(killed)} times, {len(moved)} takeovers")
+    print(f"{queued} runs, {queued * steps} steps, host-a killed {len(killed)} times, {len(moved)} takeovers")
 
 
 # A worker with a short lease (the default is 15 s), so that a frozen one expires quickly.
@@ -172,7 +180,7 @@ def test_a_frozen_host_is_taken_over_through_the_database(server: PgServer, dsn:
         held = fleet.query(
             dsn, f"SELECT run_id::text, lease_owner FROM {fleet.SCHEMA}.runs WHERE status = 'running'"
         )
-        assert len(held) == 4
+        assert held and len({owner for _, owner in held}) == 1
         owner = str(held[0][1])
         frozen.signal(signal.SIGSTOP)
         frozen_at = time.time()
@@ -190,7 +198,7 @@ def test_a_frozen_host_is_taken_over_through_the_database(server: PgServer, dsn:
             (owner,),
         )[0][0]
         takeover_s = taken_at.timestamp() - frozen_at
-        assert lease_s - 0.5 < takeover_s < lease_s + 10
+        assert lease_s - 0.5 < takeover_s < lease_s + 20
         # host-a wakes up: its connections are gone, so it writes nothing twice.
         frozen.signal(signal.SIGCONT)
         time.sleep(2)
