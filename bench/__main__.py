@@ -38,7 +38,11 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
 # The headline metrics of each scenario, set to null with the error if the scenario breaks
 # (a function of the sizes where the keys name the sizes).
 PRODUCES: dict[str, list[str] | Callable[[Sizes], list[str]]] = {
-    "per_node": ["per_node_ratio_vs_raw_commit", "per_node_ratio_with_start_vs_raw_commit"],
+    "per_node": [
+        "per_node_ratio_vs_raw_commit",
+        "per_node_ratio_with_start_vs_raw_commit",
+        "per_node_ratio_vs_one_trip",
+    ],
     "checkpoint_sql": ["sql_checkpoint_fn_us"],
     "dbos": scenarios.DBOS_METRICS,
     "fanout": ["fanout_efficiency"],

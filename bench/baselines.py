@@ -44,10 +44,10 @@ class RawCommitLoop:
             conn.execute("COMMIT")
 
     def run_one_trip(self, n: int) -> None:
-        """The same work with one round trip per node: the four statements sent as one string.
-
-        Not a target baseline; it shows how much of the raw loop is round trips rather than
-        the commit itself.
+        """The same work with one round trip per node: ``BEGIN; SELECT 1; INSERT ...; COMMIT``
+        sent as one string (step, checkpoint and commit in one trip), as a careful hand-written
+        loop would. The floor a durable runner can reach with one commit per step: the baseline
+        of ``per_node_ratio_vs_one_trip``.
         """
         cur = psycopg.ClientCursor(self.conn)  # binds client-side, so one string holds four statements
         run_id = uuid.uuid4()

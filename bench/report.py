@@ -40,12 +40,25 @@ TARGETS: dict[str, Target] = {
     "graph_100k_peak_mb": Target("<=", 500.0),
     "resume_ratio": Target("<=", 3.0),
     "dbt_build_overhead": Target("<=", 1.10),
+    # Issue #14: many small runs at the speed of the commit floor.
+    "per_node_ratio_vs_one_trip": Target("<=", 1.05),
+    "worker_throughput_ratio": Target(">=", 1.0),
+    "worker_statements_per_run": Target("<=", 4.0),
+    "queue_ratio_vs_procrastinate": Target(">=", 3.0),
+    "queue_ratio_vs_dbos": Target(">=", 3.0),
+    "chaos_postgres_restart_pct": Target(">=", 100.0),
+    "chaos_pg_backend_kill_pct": Target(">=", 100.0),
+    "chaos_pool_exhaustion_pct": Target(">=", 100.0),
+    "chaos_crash_recovery_pct": Target(">=", 100.0),
+    "chaos_repeated_kills_pct": Target(">=", 100.0),
+    "loop_iteration_cost_growth": Target("<=", 1.1),
 }
 
 # The keys of the JSON document's top level, in the order of the summary table.
 HEADLINE = [
     "per_node_ratio_vs_raw_commit",
     "per_node_ratio_with_start_vs_raw_commit",
+    "per_node_ratio_vs_one_trip",
     "per_node_runner_us",
     "per_node_raw_commit_us",
     "per_node_raw_one_trip_us",
@@ -79,6 +92,26 @@ HEADLINE = [
     "worker_raw_commits_per_s",
     "worker_claim_latency_p50_ms",
     "worker_claim_latency_p95_ms",
+    "worker_statements_per_run",
+    "worker_raw_statements_per_commit",
+    "worker_commits_per_run",
+    "worker_wal_bytes_per_run",
+    "worker_raw_wal_bytes_per_commit",
+    "worker_batch_statements_per_run_client_count",
+    "queue_ratio_vs_procrastinate",
+    "queue_ratio_vs_dbos",
+    "queue_runs_per_s",
+    "queue_procrastinate_jobs_per_s",
+    "queue_dbos_jobs_per_s",
+    "chaos_postgres_restart_pct",
+    "chaos_pg_backend_kill_pct",
+    "chaos_pool_exhaustion_pct",
+    "chaos_crash_recovery_pct",
+    "chaos_repeated_kills_pct",
+    "loop_iteration_cost_growth",
+    "loop_iteration_cost_growth_vs_fresh_loop",
+    "loop_first_window_us_per_iteration",
+    "loop_last_window_us_per_iteration",
 ]
 
 

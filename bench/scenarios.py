@@ -94,7 +94,7 @@ def per_node(b: Bench) -> ScenarioResult:
                     f"[per_node] rep {rep + 1}/{b.sizes.reps}: runner {r:.3f}s "
                     f"({_per_node(r, n):.0f} us/node), raw commit {w:.3f}s "
                     f"({_per_node(w, n):.0f} us/node), ratio {r / w:.2f}; "
-                    f"raw in one round trip {_per_node(o, n):.0f} us/node"
+                    f"raw in one round trip {_per_node(o, n):.0f} us/node, ratio {r / o:.2f}"
                 )
     finally:
         raw.close()
@@ -103,6 +103,10 @@ def per_node(b: Bench) -> ScenarioResult:
     res.stats["ratio_with_start_vs_raw"] = paired_ratios(
         res.stats["runner_with_start_s"], res.stats["raw_commit_s"]
     )
+    res.stats["ratio_resume_vs_one_trip"] = paired_ratios(
+        res.stats["runner_resume_s"], res.stats["raw_commit_one_trip_s"]
+    )
+    res.metrics["per_node_ratio_vs_one_trip"] = res.stats["ratio_resume_vs_one_trip"].median
     res.metrics["per_node_ratio_vs_raw_commit"] = res.stats["ratio_resume_vs_raw"].median
     res.metrics["per_node_ratio_with_start_vs_raw_commit"] = res.stats["ratio_with_start_vs_raw"].median
     res.metrics["per_node_runner_us"] = _per_node(res.stats["runner_resume_s"].median, n)

@@ -15,8 +15,9 @@ from psycopg import sql
 
 from bench import flows
 from bench.baselines import RawCommitLoop
-from bench.db import connect, drop_schemas, fresh_schema
+from bench.db import connect, drop_schemas, fresh_schema, server_counters
 from bench.pending import missing
+from bench.pg15 import pg15_server, unavailable
 from bench.result import Bench, ScenarioResult
 from bench.stats import paired_ratios, percentile, sides, timed
 from dbt_durable.api import Client
@@ -30,7 +31,12 @@ METRICS = [
     "worker_runs_per_s",
     "worker_claim_latency_p50_ms",
     "worker_claim_latency_p95_ms",
+    "worker_wal_bytes_per_run",
+    "worker_raw_wal_bytes_per_commit",
+    "worker_commits_per_run",
+    "worker_statements_per_run",
 ]
+CENSUS_METRICS = ["worker_statements_per_run", "worker_raw_statements_per_commit"]
 PROCESSES = 4
 RUNS_AT_ONCE = 4  # per process: the default of `dbt-durable worker`
 STATE_SCHEMA, WORK_SCHEMA = "bench_worker", "bench_worker_raw"
@@ -47,6 +53,8 @@ class Drain:
     drain_s: float  # max(finished_at) - min(started_at) of the runs (the server's clock)
     claim_latencies_s: list[float]  # every claim that returned a run, of every process
     runs_per_process: list[int]
+    in_batches: int  # runs the short-run path executed (WorkerStats.in_batches, summed)
+    batch_statements: int  # statements that path counted itself (WorkerStats.batch_statements)
 
 
 def queue(settings: Settings, runs: int) -> None:
@@ -126,7 +134,14 @@ def drain(settings: Settings, runs: int) -> Drain:
             f"expected {runs} completed; their logs end: {logs}"
         )
     latencies = [x for s in stats for x in s["claim_latencies_s"]]
-    return Drain(wall_s, _checked_drain_s(settings, runs), latencies, completed)
+    return Drain(
+        wall_s,
+        _checked_drain_s(settings, runs),
+        latencies,
+        completed,
+        sum(s.get("in_batches", 0) for s in stats),
+        sum(s.get("batch_statements", 0) for s in stats),
+    )
 
 
 def _checked_drain_s(settings: Settings, runs: int) -> float:
@@ -159,10 +174,24 @@ def _measure(b: Bench, res: ScenarioResult, settings: Settings, raw: RawCommitLo
     runs = b.sizes.worker_runs
     for side in sides(rep, "workers", "raw"):
         if side == "raw":
-            res.sample("raw_commit_s", timed(lambda: raw.run(runs))[0])
+            with connect(settings.dsn) as probe:
+                before = server_counters(probe)
+                res.sample("raw_commit_s", timed(lambda: raw.run(runs))[0])
+                raw.flush_stats()
+                after = server_counters(probe)
+            res.sample("raw_wal_bytes_per_commit", (after["wal_bytes"] - before["wal_bytes"]) / runs)
+            res.sample("raw_commits_per_commit", (after["commits"] - before["commits"]) / runs)
             continue
         queue(settings, runs)
-        d = drain(settings, runs)
+        with connect(settings.dsn) as probe:
+            before = server_counters(probe)
+            d = drain(settings, runs)
+            after = server_counters(probe)
+        res.sample("workers_wal_bytes_per_run", (after["wal_bytes"] - before["wal_bytes"]) / runs)
+        res.sample("workers_commits_per_run", (after["commits"] - before["commits"]) / runs)
+        if d.in_batches:
+            res.sample("batch_statements_per_run_client_count", d.batch_statements / d.in_batches)
+        res.sample("runs_in_batches", d.in_batches)
         res.sample("workers_drain_s", d.drain_s)
         res.sample("workers_wall_s", d.wall_s)
         res.sample("claim_p50_ms", percentile(d.claim_latencies_s, 50) * 1e3)
@@ -211,4 +240,76 @@ def worker_throughput(b: Bench) -> ScenarioResult:
     res.metrics["worker_raw_commits_per_s"] = runs / res.stats["raw_commit_s"].median
     res.metrics["worker_claim_latency_p50_ms"] = res.stats["claim_p50_ms"].median
     res.metrics["worker_claim_latency_p95_ms"] = res.stats["claim_p95_ms"].median
+    res.metrics["worker_wal_bytes_per_run"] = res.stats["workers_wal_bytes_per_run"].median
+    res.metrics["worker_raw_wal_bytes_per_commit"] = res.stats["raw_wal_bytes_per_commit"].median
+    res.metrics["worker_commits_per_run"] = res.stats["workers_commits_per_run"].median
+    if "batch_statements_per_run_client_count" in res.stats:
+        res.metrics["worker_batch_statements_per_run_client_count"] = res.stats[
+            "batch_statements_per_run_client_count"
+        ].median
+    statement_census(b, res)
     return res
+
+
+def statement_census(b: Bench, res: ScenarioResult) -> None:
+    """Statements per run, counted by the server: one more drain of the same queue, on a private
+    PostgreSQL 15 with ``pg_stat_statements`` (track = top, utility statements included), so
+    every statement a client sends counts once, each statement of a multi-statement string
+    separately, and none that runs inside a function. The count covers everything the worker
+    processes send from the go signal to their exit (their start-up and shutdown included).
+    The raw loop is counted the same way, as a check of the method (it sends 4 per commit).
+    """
+    reason = unavailable()
+    if reason:
+        res.skip(CENSUS_METRICS, f"no server-side statement count: {reason}")
+        return
+    runs = b.sizes.worker_runs
+    with pg15_server() as server:
+        settings = Settings(dsn=server.dsn, schema=STATE_SCHEMA)
+        queue(settings, runs)
+        with connect(server.dsn) as probe:
+            probe.execute("SELECT pg_stat_statements_reset()")
+            with tempfile.TemporaryDirectory(prefix="dbt-durable-bench-census-") as tmp:
+                stats = _run_processes(settings, Path(tmp))
+            by_query = _statements(probe)  # before the checks below send their own queries
+            _checked_drain_s(settings, runs)
+            fresh_schema(server.dsn, WORK_SCHEMA)
+            raw = RawCommitLoop(server.dsn, WORK_SCHEMA)
+            # pg_stat_statements does not count a protocol-level prepared utility statement
+            # (BEGIN, COMMIT) after its first execution, and psycopg prepares a statement from
+            # its 6th use. The engine never prepares (prepare_threshold=None on all its
+            # connections), so the raw loop is counted the same way.
+            raw.conn.prepare_threshold = None
+            try:
+                probe.execute("SELECT pg_stat_statements_reset()")
+                raw.run(runs)
+                raw_total = sum(calls for _, calls in _statements(probe))
+            finally:
+                raw.close()
+    total = sum(calls for _, calls in by_query)
+    res.metrics["worker_statements_per_run"] = total / runs
+    res.metrics["worker_raw_statements_per_commit"] = raw_total / runs
+    res.notes["census"] = {
+        "server": "PostgreSQL 15 (Debian), pg_stat_statements track=top, track_utility=on",
+        "runs": runs,
+        "statements": total,
+        "runs_in_batches": sum(s.get("in_batches", 0) for s in stats),
+        "batch_path_client_count": sum(s.get("batch_statements", 0) for s in stats),
+        "top_statements": [[query[:160], calls] for query, calls in by_query[:15]],
+    }
+    b.log(
+        f"[worker] census on PostgreSQL 15: {total} statements for {runs} runs "
+        f"({total / runs:.2f} per run; {res.notes['census']['runs_in_batches']} runs in batches); raw loop {raw_total / runs:.2f} per commit"
+    )
+
+
+def _statements(conn: Any) -> list[tuple[str, int]]:
+    """Top-level statements recorded since the last reset in this database, most called first
+    (the harness's own reset and this query excluded)."""
+    rows = conn.execute(
+        "SELECT query, sum(calls)::bigint FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND toplevel AND query NOT ILIKE '%pg_stat_statements%'"
+        " GROUP BY query ORDER BY 2 DESC"
+    ).fetchall()
+    return [(str(q), int(c)) for q, c in rows]
