@@ -7,6 +7,13 @@ import signal
 from tests.dbt.conftest import DbtProject
 
 PIPELINE = "model.shop.orders_pipeline"
+
+
+def flow_name(project: DbtProject, model: str) -> str:
+    """A durable model's runs are keyed by the relation it builds."""
+    return f'"{project.env.get("DBT_DURABLE_PGDATABASE", "postgres")}"."{project.schema}_shop"."{model}"'
+
+
 SNAPSHOT = """
 SELECT (SELECT count(*) FROM {shop}.stg_orders), (SELECT count(DISTINCT order_id) FROM {shop}.stg_orders),
        (SELECT count(*) FROM {shop}.orders_pipeline), (SELECT sum(amount) FROM {shop}.orders_pipeline),
@@ -26,7 +33,7 @@ def test_build_parks_the_approval_and_completes_on_its_own(example: DbtProject) 
     assert snap[:3] == EXPECTED
     assert snap[4] > 0  # embeddings upserted
     assert example.query(
-        "SELECT status FROM {state}.runs WHERE flow_name = 'model.shop.refund_approval'"
+        "SELECT status FROM {state}.runs WHERE flow_name = '" + flow_name(example, "refund_approval") + "'"
     ) == [("waiting",)]
     # Approve through the run-operation; the next run of the model finishes the flow.
     sent = example.dbt(
@@ -44,7 +51,9 @@ def test_build_parks_the_approval_and_completes_on_its_own(example: DbtProject) 
 
 
 def test_sigkill_of_dbt_build_mid_flow_then_same_command_resumes_exactly_once(example: DbtProject) -> None:
-    killed = example.dbt("build", "--threads", "1", fault=f"in_step@0.5.0.0#2@{PIPELINE}")
+    killed = example.dbt(
+        "build", "--threads", "1", fault=f"in_step@0.5.0.0#2@{flow_name(example, 'orders_pipeline')}"
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
     # Two batches of 2,500 committed with their checkpoints; the third rolled back.
     assert example.query("SELECT count(*) FROM {shop}.stg_orders") == [(5000,)]
@@ -56,7 +65,7 @@ def test_sigkill_of_dbt_build_mid_flow_then_same_command_resumes_exactly_once(ex
     assert snap[:3] == EXPECTED  # each staged row exactly once, same final table
     per_node = example.query(
         "SELECT exec_key, count(*) FROM {state}.nodes n JOIN {state}.runs r USING (run_id) "
-        f"WHERE r.flow_name = '{PIPELINE}' GROUP BY r.run_id, exec_key HAVING count(*) > 1"
+        f"WHERE r.flow_name = '{flow_name(example, 'orders_pipeline')}' GROUP BY r.run_id, exec_key HAVING count(*) > 1"
     )
     assert per_node == []
 
@@ -64,7 +73,11 @@ def test_sigkill_of_dbt_build_mid_flow_then_same_command_resumes_exactly_once(ex
 def test_sigkill_of_run_operation_durable_run_then_rerun(example: DbtProject) -> None:
     args = "{select: orders_pipeline}"
     killed = example.dbt(
-        "run-operation", "durable_run", "--args", args, fault=f"after_commit@0.5.0.0#1@{PIPELINE}"
+        "run-operation",
+        "durable_run",
+        "--args",
+        args,
+        fault=f"after_commit@0.5.0.0#1@{flow_name(example, 'orders_pipeline')}",
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
     resumed = example.dbt("run-operation", "durable_run", "--args", args)
@@ -109,11 +122,11 @@ def test_status_and_cancel_operations(example: DbtProject) -> None:
     example.dbt("run", "--select", "refund_approval", "orders_pipeline")
     status = example.dbt("run-operation", "durable_status")
     assert status.returncode == 0
-    assert "model.shop.refund_approval" in status.stdout and "waiting" in status.stdout
+    assert "refund_approval" in status.stdout and "waiting" in status.stdout
     cancel = example.dbt(
         "run-operation", "durable_cancel", "--args", "{select: refund_approval, reason: test}"
     )
     assert cancel.returncode == 0, cancel.stdout[-2000:]
     assert example.query(
-        "SELECT status FROM {state}.runs WHERE flow_name = 'model.shop.refund_approval'"
+        "SELECT status FROM {state}.runs WHERE flow_name = '" + flow_name(example, "refund_approval") + "'"
     ) == [("cancelled",)]
