@@ -304,7 +304,9 @@ async def run_http(
     headers.setdefault("Host", parts.netloc)
     extensions: dict[str, Any] = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, verify=http_limits.tls_context()
+        ) as client:
             async with client.stream(
                 ast.method, target, content=body, headers=headers, extensions=extensions
             ) as resp:
@@ -321,7 +323,9 @@ async def run_http(
     text = b"".join(chunks).decode(resp.encoding or "utf-8", errors="replace")
     retry_after = resp.headers.get("retry-after")
     if resp.status_code == 429 or (resp.status_code == 503 and retry_after):
-        raise Throttled(f"{ast.method} {url} answered {resp.status_code}", http_limits.retry_after_s(retry_after))
+        raise Throttled(
+            f"{ast.method} {url} answered {resp.status_code}", http_limits.retry_after_s(retry_after)
+        )
     if resp.status_code >= 500:
         raise HttpFailed(f"{ast.method} {url} answered {resp.status_code}")
     try:
