@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from tests.ha.servers import PGBOUNCER, PgServer, pgbouncer, requires_servers, s
 
 pytestmark = [
     requires_servers,
-    pytest.mark.skipif(not __import__("os").path.exists(PGBOUNCER), reason="pgbouncer is not installed"),
+    pytest.mark.skipif(not os.path.exists(PGBOUNCER), reason="pgbouncer is not installed"),
 ]
 
 ADVISORY_LOCKS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
