@@ -33,6 +33,7 @@ from dbt_durable.runner.schedules import fire_due_schedules
 from dbt_durable.runner.tasks import cancel_and_wait
 from dbt_durable.store.connect import APP_PREFIX, open_async, open_sync
 from dbt_durable.store.migrate import migrate
+from dbt_durable.store.pooler import refuse_transaction_pooling
 from dbt_durable.store.status import RunStatus
 
 log = logging.getLogger("dbt_durable.worker")
@@ -86,6 +87,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._fired_at = -SCHEDULE_CHECK_S
+        self.last_loop_at: float | None = None  # event-loop time of the latest claim pass
 
     def stop(self) -> None:
         """Ask the worker to stop: running runs are interrupted and handed back at once."""
@@ -93,6 +95,9 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> WorkerStats:
+        # Sessions must be the worker's own (its locks are its runs' liveness): refuse a
+        # transaction pooler at once, with a message that says what to change.
+        await asyncio.to_thread(refuse_transaction_pooling, self.settings.dsn)
         with open_sync(self.settings.dsn) as conn:
             migrate(conn, self.settings.schema)
         async with Engine(self.settings, clock=self.clock) as engine:
@@ -112,6 +117,7 @@ class Worker:
         terminated session) is waited out with backoff: the worker never exits because of it."""
         delay = RECONNECT_MIN_S
         while not self._stopping.is_set():
+            self.last_loop_at = asyncio.get_running_loop().time()  # read by runner/health.py
             try:
                 done = await self._pass(engine, active)
                 delay = RECONNECT_MIN_S
