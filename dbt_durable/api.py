@@ -30,7 +30,7 @@ from dbt_durable.runner.schedules import check_schedule
 from dbt_durable.store.connect import open_sync
 from dbt_durable.store.migrate import migrate as apply_migrations
 from dbt_durable.store.queries import Queries
-from dbt_durable.store.runs import CreatedRun, build_run_params, new_run_params
+from dbt_durable.store.runs import CreatedRun, RunRow, build_run_params, new_run_params
 
 DEFAULT_FLOW_NAME = "adhoc"
 
@@ -176,6 +176,11 @@ class Client:
             conn.execute(self.q.retire_run, (found.run_id, True))
             return str(self._create_row(conn, params).run_id), True
 
+    def _latest_unfinished(self, conn: psycopg.Connection, name: str) -> CreatedRun | None:
+        """The login's newest unfinished (or failed) run of flow ``name``."""
+        cur = conn.cursor(row_factory=class_row(CreatedRun))
+        return cur.execute(self.q.latest_unfinished, (name,)).fetchone()
+
     def _create_row(self, conn: psycopg.Connection, params: dict[str, Any]) -> CreatedRun:
         cur = conn.cursor(row_factory=class_row(CreatedRun))
         row = cur.execute(self.q.create_run, params).fetchone()
@@ -202,19 +207,19 @@ class Client:
         vars = dict(vars or {})
         owner = new_owner_id() if wait else None
         with self._connect(create=True) as conn:
-            row = conn.execute(self.q.latest_unfinished, (name,)).fetchone()
-            if row is not None and row[1] == flow.graph_hash and (row[2] or {}) == vars:
-                started = Started(str(row[0]), False)
+            row = self._latest_unfinished(conn, name)
+            if row is not None and row.graph_hash == flow.graph_hash and (row.vars or {}) == vars:
+                started = Started(str(row.run_id), False)
             else:
                 if row is not None:
                     if not fresh:
                         raise GraphChanged(
-                            f"flow {name!r} has an unfinished run {row[0]} ({row[3]}) started with a "
-                            "different definition; a resumed run never mixes two versions. Start "
+                            f"flow {name!r} has an unfinished run {row.run_id} ({row.status}) started with "
+                            "a different definition; a resumed run never mixes two versions. Start "
                             "fresh (dbt: --vars '{durable_fresh: true}'; CLI: --fresh), which "
                             "cancels the old run"
                         )
-                    conn.execute(self.q.retire_run, (row[0], False))
+                    conn.execute(self.q.retire_run, (row.run_id, False))
                 run_id, created = self._create(conn, flow, name, None, vars, fresh, owner)
                 started = Started(run_id, created)
         if wait:
@@ -424,17 +429,21 @@ class Client:
         target = {**target, "kind": "dbt_build"}
         with self._connect(create=True) as conn:
             if resume:
-                row = conn.execute(self.q.latest_unfinished, (name,)).fetchone()
-                if row is None:
+                found = self._latest_unfinished(conn, name)
+                if found is None:
                     raise RunNotFound(f"no unfinished durable build named {name!r} to resume")
-                existing = conn.execute(self.q.get_run, (row[0],)).fetchone()
-                assert existing is not None
-                if dict(existing[19] or {}) != target:
+                run = (
+                    conn.cursor(row_factory=class_row(RunRow))
+                    .execute(self.q.get_run, (found.run_id,))
+                    .fetchone()
+                )
+                assert run is not None
+                if dict(run.dbt_args or {}) != target:
                     raise GraphChanged(
-                        f"build {row[0]} was started with other dbt arguments ({existing[19].get('args')}); "
-                        "run it without --resume to start a new build"
+                        f"build {run.run_id} was started with other dbt arguments "
+                        f"({(run.dbt_args or {}).get('args')}); run it without --resume to start a new build"
                     )
-                return Started(str(row[0]), False)
+                return Started(str(run.run_id), False)
             return Started(str(self._create_row(conn, build_run_params(name, None, target, {})).run_id), True)
 
     # -- schedules ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ RECORD_EVENT = "SELECT {s}.record_event(%s, %s, %s)"
 # Reads see every run the login may watch (RLS); a login creates, resumes and executes only
 # its own runs, so the reads that lead to those filter on the login.
 LATEST_UNFINISHED = """
-SELECT run_id, graph_hash, vars, status FROM {s}.runs
+SELECT run_id, false AS created, status, graph_hash, vars FROM {s}.runs
  WHERE submitted_by_oid = {s}.session_oid() AND flow_name = %s
    AND status IN ('pending', 'running', 'waiting', 'failed')
  ORDER BY created_at DESC LIMIT 1
