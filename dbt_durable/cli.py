@@ -553,7 +553,7 @@ def cancel(ctx: click.Context, run_id: str, reason: str, as_json: bool) -> None:
 @_with_db
 @click.pass_context
 def signal(ctx: click.Context, run_id: str, name: str, payload: str | None, as_json: bool) -> None:
-    """Send signal NAME (with an optional JSON PAYLOAD) to RUN_ID. Signals are buffered: one
+    """Send signal NAME (with an optional JSON or plain-text PAYLOAD) to RUN_ID. Signals are buffered: one
     sent before the run reaches its wait_for_signal waits for it."""
     from dbt_durable.api import dumps
 
@@ -561,8 +561,8 @@ def signal(ctx: click.Context, run_id: str, name: str, payload: str | None, as_j
     if payload is not None:
         try:
             value = json.loads(payload)
-        except ValueError as exc:
-            raise click.BadParameter(f"PAYLOAD must be JSON: {exc}") from None
+        except ValueError:
+            value = payload  # plain text is sent as a JSON string, as pg_durable does
     out = _views(ctx).signal(run_id, name, value)
     if as_json:
         click.echo(dumps(out))
@@ -684,12 +684,25 @@ def ui(ctx: click.Context, host: str, port: int, token: str | None, read_only: b
 
 
 @main.command()
+@click.option(
+    "--df-aliases",
+    is_flag=True,
+    help="Also create pg_durable's df schema (df.start, df.status, ...) as aliases of the state schema's functions.",
+)
 @_with_db
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
+def migrate(ctx: click.Context, df_aliases: bool) -> None:
     """Create or upgrade the state schema (safe to run any number of times)."""
-    applied = _client(ctx).migrate()
+    client = _client(ctx)
+    applied = client.migrate()
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    if df_aliases:
+        from dbt_durable.store.connect import open_sync
+        from dbt_durable.store.migrate import apply_df_aliases
+
+        with open_sync(client.settings.dsn) as conn:
+            apply_df_aliases(conn, client.settings.schema)
+        click.echo("df aliases: schema df is up to date")
 
 
 @main.command()

@@ -127,8 +127,48 @@ class Http(Node):
     timeout_s: float | None
 
 
+@dataclass(frozen=True)
+class HttpMultipart(Http):
+    """``http_multipart(url, method, parts, headers, timeout_s)``: a ``multipart/form-data``
+    request; ``parts`` is a JSON array of ``{name, data_b64[, filename, content_type]}``.
+    ``body`` is always None."""
+
+    parts: str | None = None
+
+
 COMPOUND = (Seq, Join, Race, Bind, If, IfRows, Loop)
-STEP_KINDS = (Sql, Break, Sleep, WaitSchedule, WaitSignal, Http)
+STEP_KINDS = (Sql, Break, Sleep, WaitSchedule, WaitSignal, Http, HttpMultipart)
+
+# A string field whose value is a SQL expression (``'SELECT ' || '1'``,
+# ``current_setting('app.url') || '/x'``) holds EXPR + the expression's text; the database
+# evaluates it when the run starts (see dbt_durable.runner.walker). NUL never occurs in flow
+# text (Postgres text cannot hold it), so no literal can be mistaken for an expression.
+EXPR = "\x00sql:"
+
+
+def is_expr(value: object) -> bool:
+    """Whether ``value`` is a SQL expression to evaluate when the run starts."""
+    return isinstance(value, str) and value.startswith(EXPR)
+
+
+def expr_text(value: str) -> str:
+    """The SQL of an expression value (see :data:`EXPR`)."""
+    return value[len(EXPR) :]
+
+
+def expr_fields(node: Node) -> tuple[str, ...]:
+    """The names of ``node``'s string fields that may hold a SQL expression."""
+    if isinstance(node, Sql):
+        return ("text",)
+    if isinstance(node, HttpMultipart):
+        return ("url", "method", "parts", "headers")
+    if isinstance(node, Http):
+        return ("url", "method", "body", "headers")
+    if isinstance(node, Break):
+        return ("value",)
+    if isinstance(node, WaitSignal):
+        return ("name",)
+    return ()
 
 
 def children(node: Node) -> tuple[Node, ...]:
@@ -162,4 +202,5 @@ def kind_of(node: Node) -> str:
         WaitSchedule: "wait_for_schedule",
         WaitSignal: "wait_for_signal",
         Http: "http",
+        HttpMultipart: "http_multipart",
     }[type(node)]

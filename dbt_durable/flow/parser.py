@@ -34,7 +34,8 @@ _TOKEN = re.compile(
   | (?P<dollar>\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)
   | (?P<number>\d+(?:\.\d+)?)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)
-  | (?P<op>\|=>|~>|\?>|!>|@>|::|&|\||\(|\)|,|=|-)
+  | (?P<op>\|=>|\|\||~>|\?>|!>|@>|::|&|\||\(|\)|,|=|-)
+  | (?P<punct>[-+*/<>%^;\[\].:!?~@|&])
     """,
     re.VERBOSE,
 )
@@ -58,6 +59,9 @@ def tokenize(source: str, origin: str = "<flow>") -> list[Token]:
     tokens: list[Token] = []
     pos = 0
     n = len(source)
+    if "\x00" in source:
+        line, col = _position(source, source.index("\x00"))
+        raise FlowError("flow text contains a NUL character", source, line, col, origin)
     while pos < n:
         m = _TOKEN.match(source, pos)
         if m is None:
@@ -111,17 +115,23 @@ FUNCTIONS: dict[str, tuple[int, int]] = {
     "wait_for_schedule": (1, 2),
     "wait_for_signal": (1, 2),
     "http": (1, 5),
+    "http_multipart": (1, 5),
 }
 
 BINARY_OPS = frozenset(("~>", "|=>", "&", "|", "?>", "!>"))
 
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
+MULTIPART_METHODS = ("POST", "PUT", "PATCH")
+DEFAULT_HTTP_METHOD = "POST"  # pg_durable's default
+# Where a SQL expression may stand for a string (see A.EXPR), for error messages.
+EXPR_PLACES = "SQL steps, http()/http_multipart() arguments, break() values and wait_for_signal() names"
 
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "retries": (int,),
     "backoff": (str, int, float),
     "timeout": (str, int, float),
     "transaction": (bool,),
+    "max_iterations": (int,),  # loops only
     # HTTP flow control (dbt_durable.runner.http_limits)
     "concurrency": (int,),
     "rate": (str,),
@@ -292,8 +302,12 @@ class Parser:
             self.expect_op(")", "to close '('")
             return node
         if tok.kind == "string":
+            start = self.i
             self.advance()
             self._skip_cast()
+            if self.at_op("||"):
+                self.i = start
+                return A.Sql(self._sql_expr(), pos=self.pos_of(tok))
             return A.Sql(tok.value, pos=self.pos_of(tok))
         if tok.kind == "ident":
             return self.call()
@@ -329,8 +343,26 @@ class Parser:
 
     def _arg(self) -> Arg:
         tok = self.peek()
+        if (
+            tok.kind == "number"
+            and self.tokens[self.i + 1].kind == "op"
+            and self.tokens[self.i + 1].value == "||"
+        ):
+            return A.Sql(self._sql_expr(), pos=self.pos_of(tok)), tok
         if tok.kind == "number" or (tok.kind == "op" and tok.value == "-"):
             return self._number(), tok
+        nxt = self.tokens[self.i + 1]
+        if (
+            tok.kind == "ident"
+            and "." not in tok.value
+            and tok.value.lower() not in FUNCTIONS
+            and tok.value.lower() not in ("null", "true", "false")
+            and nxt.kind == "op"
+            and nxt.value == "("
+        ):
+            # A SQL function call (current_setting(...), format(...), jsonb_build_array(...)),
+            # alone or in a || chain: a SQL expression, evaluated when the run starts.
+            return A.Sql(self._sql_expr(), pos=self.pos_of(tok)), tok
         if tok.kind == "ident" and tok.value.lower() in ("null", "true", "false"):
             self.advance()
             return (None if tok.value.lower() == "null" else tok.value.lower()), tok
@@ -346,6 +378,56 @@ class Parser:
                 raise self.error("expected a number after '-'")
             self.advance()
         return sign * float(tok.value)
+
+    def _sql_expr(self) -> str:
+        """A SQL expression standing for a string: operands (string literals, numbers, SQL
+        function calls or parenthesized SQL, each with optional ``::type`` casts) joined by
+        ``||``.
+        Returns it as an :data:`A.EXPR` value holding its source text."""
+        first = self.peek()
+        end = first.offset
+        while True:
+            tok = self.peek()
+            if tok.kind in ("string", "number"):
+                self.advance()
+                end = tok.offset + len(tok.text)
+            elif tok.kind == "ident" and self.tokens[self.i + 1].value == "(":
+                self.advance()
+                end = self._skip_balanced()
+            elif tok.kind == "op" and tok.value == "(":  # a parenthesized SQL expression
+                end = self._skip_balanced()
+            else:
+                what = "end of input" if tok.kind == "eof" else repr(tok.text)
+                raise self.error(
+                    f"expected an operand of a SQL expression (a string, a number or a function call), found {what}"
+                )
+            while self.at_op("::"):
+                self.advance()
+                name = self.peek()
+                if name.kind != "ident":
+                    raise self.error("expected a type name after '::'")
+                self.advance()
+                end = name.offset + len(name.text)
+                while self.peek().kind == "punct" and self.peek().value in "[]":
+                    end = self.advance().offset + 1
+            if not self.at_op("||"):
+                break
+            self.advance()
+        return A.EXPR + self.source[first.offset : end]
+
+    def _skip_balanced(self) -> int:
+        """Skip a parenthesized argument list (of any SQL tokens); the offset after its ')'."""
+        depth = 0
+        while True:
+            tok = self.advance()
+            if tok.kind == "eof":
+                raise self.error("unterminated '(' in a SQL expression", tok)
+            if tok.kind == "op" and tok.value == "(":
+                depth += 1
+            elif tok.kind == "op" and tok.value == ")":
+                depth -= 1
+                if depth == 0:
+                    return tok.offset + 1
 
     def _skip_cast(self) -> None:
         # pg_durable accepts '{"k": "v"}'::jsonb for HTTP headers; the cast is informational.
@@ -378,7 +460,19 @@ class Parser:
                 continue
             break
         self.expect_op(")", "to close the option list")
-        if not isinstance(node, A.STEP_KINDS):
+        if isinstance(node, A.Loop):
+            others = sorted(set(options) - {"max_iterations"})
+            if others:
+                raise self.error(
+                    f"{others[0]}= does not apply to a loop (only max_iterations= does)", with_tok
+                )
+        elif "max_iterations" in options:
+            raise self.error(
+                "max_iterations= applies to loops only: write loop(body[, cond]) with (max_iterations=N) "
+                "or (@> body) with (max_iterations=N)",
+                with_tok,
+            )
+        elif not isinstance(node, A.STEP_KINDS):
             raise self.error("options apply to steps only (sql, http, sleep, waits)", with_tok)
         if "transaction" in options and not isinstance(node, A.Sql):
             raise self.error("transaction= applies to SQL steps only", with_tok)
@@ -411,6 +505,8 @@ class Parser:
                 raise self.error(str(exc), tok) from None
         if key == "retries" and isinstance(value, int) and value < 0:
             raise self.error("retries must be >= 0", tok)
+        if key == "max_iterations" and isinstance(value, int) and value < 0:
+            raise self.error("max_iterations must be >= 0 (0: no limit)", tok)
         if key == "concurrency" and isinstance(value, int) and value < 1:
             raise self.error("concurrency must be >= 1", tok)
         if key == "rate" and (not RATE_TEXT.match(str(value)) or float(str(value).split("/")[0]) <= 0):
@@ -429,9 +525,15 @@ class Parser:
             return value
         raise self.error(f"{what} must be an expression, not {tok.text}", tok)
 
-    def _string_arg(self, arg: Arg, what: str) -> str:
+    def _string_arg(self, arg: Arg, what: str, allow_expr: bool = False) -> str:
         value, tok = arg
-        if isinstance(value, A.Sql) and tok.kind == "string":
+        if isinstance(value, A.Sql) and A.is_expr(value.text) and not value.options:
+            if allow_expr:
+                return value.text
+            raise self.error(
+                f"{what} must be a quoted string (SQL expressions are allowed only in {EXPR_PLACES})", tok
+            )
+        if isinstance(value, A.Sql) and tok.kind == "string" and not value.options:
             return value.text
         raise self.error(f"{what} must be a quoted string", tok)
 
@@ -450,15 +552,20 @@ class Parser:
                 pass
         raise self.error(f"{what} must be a number", tok)
 
-    def _opt_string(self, arg: Arg, what: str) -> str | None:
+    def _opt_string(self, arg: Arg, what: str, allow_expr: bool = False) -> str | None:
         if arg[0] is None:
             return None
-        return self._string_arg(arg, what)
+        return self._string_arg(arg, what, allow_expr)
+
+    def _literal_name(self, arg: Arg, what: str) -> str:
+        """A result name given as a quoted literal (never an expression)."""
+        self._string_arg(arg, what)
+        return self._name(arg[1])
 
     def _build(self, name: str, args: list[Arg], tok: Token) -> A.Node:
         pos = self.pos_of(tok)
         if name == "sql":
-            return A.Sql(self._string_arg(args[0], "sql() argument"), pos=pos)
+            return A.Sql(self._string_arg(args[0], "sql() argument", allow_expr=True), pos=pos)
         if name in ("seq", "then"):
             items: list[A.Node] = []
             for arg in args:
@@ -469,16 +576,18 @@ class Parser:
         if name == "race":
             return A.Race(tuple(self._expr_arg(a, "race() argument") for a in args), pos=pos)
         if name == "as":
-            return A.Bind(self._expr_arg(args[0], "as() body"), self._name(args[1][1]), pos=pos)
+            return A.Bind(
+                self._expr_arg(args[0], "as() body"), self._literal_name(args[1], "as() name"), pos=pos
+            )
         if name == "if":
             cond = self._expr_arg(args[0], "if() condition")
             then = self._expr_arg(args[1], "if() then-branch")
             orelse = self._expr_arg(args[2], "if() else-branch") if len(args) > 2 else None
             return A.If(cond, then, orelse, pos=pos)
         if name == "if_rows":
-            ref = self._name(args[0][1]) if args[0][1].kind == "string" else None
-            if ref is None:
+            if args[0][1].kind != "string":
                 raise self.error("if_rows() first argument must be a quoted result name", args[0][1])
+            ref = self._literal_name(args[0], "if_rows() result name")
             then = self._expr_arg(args[1], "if_rows() then-branch")
             orelse = self._expr_arg(args[2], "if_rows() else-branch") if len(args) > 2 else None
             return A.IfRows(ref, then, orelse, pos=pos)
@@ -487,7 +596,7 @@ class Parser:
             loop_cond = self._expr_arg(args[1], "loop() condition") if len(args) > 1 else None
             return A.Loop(loop_body, loop_cond, pos=pos)
         if name == "break":
-            value = self._opt_string(args[0], "break() value") if args else None
+            value = self._opt_string(args[0], "break() value", allow_expr=True) if args else None
             return A.Break(value, pos=pos)
         if name == "sleep":
             seconds = self._number_arg(args[0], "sleep() seconds")
@@ -501,22 +610,56 @@ class Parser:
                 _check_tz(self, tz, args[1][1])
             return A.WaitSchedule(cron, tz, pos=pos)
         if name == "wait_for_signal":
-            signal = self._name(args[0][1]) if args[0][1].kind == "string" else None
-            if signal is None:
-                raise self.error("wait_for_signal() name must be a quoted string", args[0][1])
+            signal = self._string_arg(args[0], "wait_for_signal() name", allow_expr=True)
+            if signal == "":
+                raise self.error("wait_for_signal() name cannot be empty", args[0][1])
             timeout = self._number_arg(args[1], "timeout", allow_null=True) if len(args) > 1 else None
             return A.WaitSignal(signal, timeout, pos=pos)
-        # http(url [, method, body, headers, timeout_s])
-        url = self._string_arg(args[0], "http() url")
-        if not re.match(r"https?://", url, re.IGNORECASE):
-            raise self.error("http() url must start with http:// or https://", args[0][1])
-        method = (self._opt_string(args[1], "http() method") or "GET") if len(args) > 1 else "GET"
-        if method.upper() not in HTTP_METHODS:
-            raise self.error(f"http() method must be one of {', '.join(HTTP_METHODS)}", args[1][1])
-        req_body = self._opt_string(args[2], "http() body") if len(args) > 2 else None
-        headers = self._opt_string(args[3], "http() headers") if len(args) > 3 else None
-        timeout = self._number_arg(args[4], "http() timeout", allow_null=True) if len(args) > 4 else None
-        return A.Http(url, method.upper(), req_body, headers, timeout, pos=pos)
+        # http(url [, method, body, headers, timeout_s]); http_multipart(url [, method, parts, ...])
+        multipart = name == "http_multipart"
+        url = self._string_arg(args[0], f"{name}() url", allow_expr=True)
+        # A URL built from {vars}, $names or an expression is checked when the step runs.
+        if not (A.is_expr(url) or "{" in url or "$" in url) and not re.match(
+            r"https?://", url, re.IGNORECASE
+        ):
+            raise self.error(f"{name}() url must start with http:// or https://", args[0][1])
+        method = self._opt_string(args[1], f"{name}() method", allow_expr=True) if len(args) > 1 else None
+        method = method or DEFAULT_HTTP_METHOD
+        allowed = MULTIPART_METHODS if multipart else HTTP_METHODS
+        if not A.is_expr(method):
+            method = method.upper()
+            if method not in allowed:
+                raise self.error(f"{name}() method must be one of {', '.join(allowed)}", args[1][1])
+        third = (
+            self._opt_string(args[2], f"{name}() {'parts' if multipart else 'body'}", True)
+            if len(args) > 2
+            else None
+        )
+        headers = self._opt_string(args[3], f"{name}() headers", allow_expr=True) if len(args) > 3 else None
+        timeout = self._number_arg(args[4], f"{name}() timeout", allow_null=True) if len(args) > 4 else None
+        if not multipart:
+            return A.Http(url, method, third, headers, timeout, pos=pos)
+        if third is None:
+            raise self.error("http_multipart() needs its parts: a JSON array of part objects", tok)
+        if not A.is_expr(third):
+            _check_parts(self, third, args[2][1])
+        return A.HttpMultipart(url, method, None, headers, timeout, parts=third, pos=pos)
+
+
+def _check_parts(parser: Parser, text: str, tok: Token) -> None:
+    """A literal http_multipart() parts list: a non-empty JSON array of objects, each with a
+    ``name`` and ``data_b64`` (``filename`` and ``content_type`` optional)."""
+    import json
+
+    try:
+        parts = json.loads(text)
+    except ValueError as exc:
+        raise parser.error(f"http_multipart() parts must be a JSON array: {exc}", tok) from None
+    if not isinstance(parts, list) or not parts:
+        raise parser.error("http_multipart() parts must be a non-empty JSON array of part objects", tok)
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("name"), str) or "data_b64" not in part:
+            raise parser.error(f"http_multipart() part {i} must be an object with 'name' and 'data_b64'", tok)
 
 
 def _seq_items(node: A.Node) -> tuple[A.Node, ...]:

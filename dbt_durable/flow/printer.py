@@ -50,12 +50,19 @@ def _call(name: str, args: list[str]) -> str:
 
 
 def _opt(value: str | None) -> str:
-    return "null" if value is None else quote(value)
+    return "null" if value is None else _str(value)
+
+
+def _str(value: str) -> str:
+    """A string field: a quoted literal, or a SQL expression as written (see ``A.EXPR``)."""
+    return A.expr_text(value) if A.is_expr(value) else quote(value)
 
 
 def _form(node: A.Node) -> tuple[int, str]:
     """(binding strength, text) of ``node``."""
     if isinstance(node, A.Sql):
+        if A.is_expr(node.text):  # sql(...) reads back as the same expression wherever it stands
+            return _ATOM, _call("sql", [A.expr_text(node.text)]) + _options(node)
         return _ATOM, quote(node.text) + _options(node)
     if isinstance(node, A.Seq):
         first, *rest = node.items
@@ -79,26 +86,29 @@ def _form(node: A.Node) -> tuple[int, str]:
         return _ATOM, _call("if_rows", args)
     if isinstance(node, A.Loop):
         if node.cond is None:
+            if node.options:  # options follow an operand: the loop in parentheses
+                return _ATOM, "(@> " + _at(node.body, _PREFIX) + ")" + _options(node)
             return _PREFIX, "@> " + _at(node.body, _PREFIX)
-        return _ATOM, _call("loop", [to_text(node.body), to_text(node.cond)])
+        return _ATOM, _call("loop", [to_text(node.body), to_text(node.cond)]) + _options(node)
     if isinstance(node, A.Break):
-        return _ATOM, _call("break", [] if node.value is None else [quote(node.value)]) + _options(node)
+        return _ATOM, _call("break", [] if node.value is None else [_str(node.value)]) + _options(node)
     if isinstance(node, A.Sleep):
         return _ATOM, _call("sleep", [_number(node.seconds)]) + _options(node)
     if isinstance(node, A.WaitSchedule):
         args = [quote(node.cron)] + ([] if node.tz is None else [quote(node.tz)])
         return _ATOM, _call("wait_for_schedule", args) + _options(node)
     if isinstance(node, A.WaitSignal):
-        args = [quote(node.name)]
+        args = [_str(node.name)]
         if node.timeout_s is not None:
             args.append(_number(node.timeout_s))
         return _ATOM, _call("wait_for_signal", args) + _options(node)
     if isinstance(node, A.Http):
-        args = [quote(node.url), quote(node.method), _opt(node.body), _opt(node.headers)]
+        third = node.parts if isinstance(node, A.HttpMultipart) else node.body
+        args = [_str(node.url), _str(node.method), _opt(third), _opt(node.headers)]
         args.append("null" if node.timeout_s is None else _number(node.timeout_s))
         while len(args) > 1 and args[-1] == "null":
             args.pop()
-        return _ATOM, _call("http", args) + _options(node)
+        return _ATOM, _call(A.kind_of(node), args) + _options(node)
     raise TypeError(f"not a flow node: {node!r}")
 
 

@@ -26,6 +26,8 @@ from dbt_durable.flow.refs import find_refs
 from dbt_durable.graph import plan as plan_format
 
 ROOT = "0"
+ARGS = "@args"  # the node execution that holds a run's evaluated SQL-expression arguments
+DEFAULT_MAX_ITERATIONS = 100_000  # a loop's default max_iterations (pg_durable's fixed cap)
 # Leaf kinds that checkpoint; break is a leaf too, but it never checkpoints.
 _STEPS = frozenset(kind for kind in A.STEP_KINDS if kind is not A.Break)
 MAX_DEPTH = 200
@@ -81,7 +83,27 @@ class FlowGraph:
             for kid in self._children[node_id][:-1]
             if kid in self.step_ids
         }
-        return frozenset(self._asts.keys() - skipped)
+        needed = self._asts.keys() - skipped
+        return frozenset(needed | {ARGS} if self.expressions else needed)
+
+    @functools.cached_property
+    def expressions(self) -> tuple[tuple[str, str, str], ...]:
+        """(node id, field, SQL) of every SQL-expression argument (see ``A.EXPR``), in node
+        id order: the database evaluates them when the run starts."""
+        found = []
+        for node_id in sorted(self._asts):
+            node = self._asts[node_id]
+            for name in A.expr_fields(node):
+                value = getattr(node, name)
+                if A.is_expr(value):
+                    found.append((node_id, name, A.expr_text(value)))
+        return tuple(found)
+
+    @functools.cached_property
+    def bound_names(self) -> frozenset[str]:
+        """Every name a ``|=>`` / ``as()`` of the flow binds. A ``$name`` that none binds is
+        left as written (pg_durable's rule)."""
+        return frozenset(n.name for n in self._asts.values() if isinstance(n, A.Bind))
 
     def children(self, node_id: str) -> tuple[str, ...]:
         """Child ids of ``node_id`` in evaluation order."""
@@ -115,7 +137,7 @@ class FlowGraph:
 
 def _label(node: A.Node) -> str:
     if isinstance(node, A.Sql):
-        text = " ".join(node.text.split())
+        text = " ".join((A.expr_text(node.text) if A.is_expr(node.text) else node.text).split())
         return text if len(text) <= 60 else text[:57] + "..."
     if isinstance(node, A.Bind):
         return f"${node.name}"
@@ -158,18 +180,24 @@ def _fail(node: A.Node, message: str, source: str, origin: str, offset_in_text: 
 
 
 def _texts(node: A.Node) -> list[str]:
+    # SQL expressions are evaluated when the run starts; their references are checked then.
     if isinstance(node, A.Sql):
-        return [node.text]
+        return [] if A.is_expr(node.text) else [node.text]
     if isinstance(node, A.Http):
-        return [t for t in (node.url, node.body, node.headers) if t]
+        fields = (node.url, node.body, node.headers, getattr(node, "parts", None))
+        return [t for t in fields if t and not A.is_expr(t)]
     return []
 
 
 def validate(ast: A.Node, source: str, origin: str = "<flow>") -> None:
-    """Check what the grammar cannot: ``break`` placement, ``$name`` bindings, depth, size.
+    """Check what the grammar cannot: ``$name`` bindings, depth, size.
 
-    A ``$name`` must be bound by a node that runs before the reference (earlier in a sequence,
-    or earlier in the same loop body); ``$name?`` is exempt, as it reads NULL when unbound.
+    A ``$name`` of a name the flow binds must be bound by a node that runs before the
+    reference (earlier in a sequence, or earlier in the same loop body); ``$name?`` is exempt,
+    as it reads NULL when unbound. A ``$name`` that nothing in the flow binds is left as
+    written when the step runs (pg_durable's rule: ``$1`` in a function body, ``$x`` in a
+    regular expression). ``break()`` outside a loop and ``if_rows`` on a name that is not
+    bound before it are accepted, as in pg_durable: they fail the run when they execute.
     """
     all_bound = {n.name for n in _walk(ast) if isinstance(n, A.Bind)}
     count = 0
@@ -183,9 +211,9 @@ def validate(ast: A.Node, source: str, origin: str = "<flow>") -> None:
             raise _fail(node, f"flow is nested more than {MAX_DEPTH} levels deep", source, origin)
         for text in _texts(node):
             for ref in find_refs(text):
-                if ref.null_safe or ref.name in bound:
+                if ref.null_safe or ref.name in bound or ref.name not in all_bound:
                     continue
-                why = "is bound only later in the flow" if ref.name in all_bound else "is never bound"
+                why = "is bound only later in the flow"
                 offset = ref.start if isinstance(node, A.Sql) else -1
                 raise _fail(
                     node,
@@ -194,10 +222,6 @@ def validate(ast: A.Node, source: str, origin: str = "<flow>") -> None:
                     origin,
                     offset,
                 )
-        if isinstance(node, A.Break) and not in_loop:
-            raise _fail(node, "break() outside of a loop", source, origin)
-        if isinstance(node, A.IfRows) and node.name not in bound:
-            raise _fail(node, f"if_rows('{node.name}'): ${node.name} is not bound before it", source, origin)
         if isinstance(node, A.Seq):
             for item in node.items:
                 bound = visit(item, bound, in_loop, depth + 1)

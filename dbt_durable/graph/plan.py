@@ -34,6 +34,7 @@ _SHAPES: dict[str, tuple[type[A.Node], tuple[str, ...], tuple[str, ...], tuple[s
     "wait_for_schedule": (A.WaitSchedule, (), (), ("cron", "tz")),
     "wait_for_signal": (A.WaitSignal, (), (), ("name", "timeout_s")),
     "http": (A.Http, (), (), ("url", "method", "body", "headers", "timeout_s")),
+    "http_multipart": (A.HttpMultipart, (), (), ("url", "method", "body", "headers", "timeout_s", "parts")),
 }
 
 

@@ -271,6 +271,75 @@ def _headers(raw: str | None) -> dict[str, str]:
     return out
 
 
+# pg_durable's rule for a declared textual Content-Type (its body is kept as text).
+_TEXT_MIMES = {
+    "application/json",
+    "application/xml",
+    "application/javascript",
+    "application/ecmascript",
+    "application/x-www-form-urlencoded",
+    "application/graphql",
+    "application/yaml",
+    "application/x-yaml",
+}
+
+
+def declared_textual(content_type: str | None) -> bool:
+    """Whether ``content_type`` declares a textual body (text/*, JSON, XML, YAML, forms)."""
+    mime = (content_type or "").split(",")[0].split(";")[0].strip().lower()
+    if not mime:
+        return False
+    return mime.startswith("text/") or mime.endswith(("+json", "+xml", "+yaml")) or mime in _TEXT_MIMES
+
+
+def response_body(raw: bytes, content_type: str | None, charset: str | None) -> tuple[str, str]:
+    """(body, encoding) as pg_durable gives them: ``text`` for a declared textual type or for
+    bytes that are UTF-8 without NUL; otherwise ``base64`` of the raw bytes."""
+    import base64
+
+    if declared_textual(content_type):
+        return raw.decode(charset or "utf-8", errors="replace"), "text"
+    if b"\x00" not in raw:
+        try:
+            return raw.decode("utf-8"), "text"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+Files = list[tuple[str, tuple[str | None, bytes, str | None]]]
+
+
+def multipart_files(parts: Any) -> Files:
+    """httpx ``files`` for http_multipart() parts (``data_b64`` may contain whitespace, as
+    ``encode(bytea, 'base64')`` writes it)."""
+    import base64
+    import binascii
+
+    if not isinstance(parts, list) or not parts:
+        raise RequestInvalid("http_multipart() parts must be a non-empty JSON array of part objects")
+    files: Files = []
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("name"), str):
+            raise RequestInvalid(f"http_multipart() part {i} must be an object with a 'name'")
+        data = part.get("data_b64")
+        if not isinstance(data, str):
+            raise RequestInvalid(f"http_multipart() part {part['name']!r} needs 'data_b64' (a base64 string)")
+        try:
+            content = base64.b64decode("".join(data.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RequestInvalid(
+                f"http_multipart() part {part['name']!r}: data_b64 is not base64: {exc}"
+            ) from None
+        filename, ctype = part.get("filename"), part.get("content_type")
+        if not isinstance(filename, (str, type(None))) or not isinstance(ctype, (str, type(None))):
+            raise RequestInvalid(
+                f"http_multipart() part {part['name']!r}: filename and content_type must be strings"
+            )
+        files.append((part["name"], (filename, content, ctype)))
+    return files
+
+
 async def run_http(
     ast: A.Http,
     url: str,
@@ -279,13 +348,18 @@ async def run_http(
     idempotency_key: str,
     max_bytes: int,
     timeout_s: float | None,
+    files: Files | None = None,
 ) -> dict[str, Any]:
-    """Send the request; return ``{"status", "headers", "body", "json"}``.
+    """Send the request; return pg_durable's envelope ``{"status", "body", "encoding",
+    "headers", "ok", "duration_ms"}`` plus ``json`` (the body parsed, or null). ``files``: the
+    parts of a ``multipart/form-data`` body (http_multipart).
 
     Raises :class:`HttpFailed` on transport errors and 5xx answers (retryable),
     :class:`Throttled` on 429 (and on 503 with ``Retry-After``), and only
     :class:`DurableError` subclasses otherwise, so the caller can mask every message.
     """
+    import time
+
     import httpx
 
     try:
@@ -303,12 +377,14 @@ async def run_http(
     target = parts._replace(netloc=f"{host}:{port}").geturl()
     headers.setdefault("Host", parts.netloc)
     extensions: dict[str, Any] = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    started = time.monotonic()
+    payload: dict[str, Any] = {"files": files} if files is not None else {"content": body}
     try:
         async with httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, verify=http_limits.tls_context()
         ) as client:
             async with client.stream(
-                ast.method, target, content=body, headers=headers, extensions=extensions
+                ast.method, target, headers=headers, extensions=extensions, **payload
             ) as resp:
                 chunks, size = [], 0
                 async for chunk in resp.aiter_bytes():
@@ -320,7 +396,8 @@ async def run_http(
         raise HttpFailed(f"{ast.method} {url}: {type(exc).__name__}: {exc}") from None
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
         raise RequestInvalid(f"{ast.method} {url}: {type(exc).__name__}: {exc}") from None
-    text = b"".join(chunks).decode(resp.encoding or "utf-8", errors="replace")
+    duration_ms = int((time.monotonic() - started) * 1000)
+    text, encoding = response_body(b"".join(chunks), resp.headers.get("content-type"), resp.charset_encoding)
     retry_after = resp.headers.get("retry-after")
     if resp.status_code == 429 or (resp.status_code == 503 and retry_after):
         raise Throttled(
@@ -328,8 +405,18 @@ async def run_http(
         )
     if resp.status_code >= 500:
         raise HttpFailed(f"{ast.method} {url} answered {resp.status_code}")
-    try:
-        parsed: Any = json.loads(text)
-    except ValueError:
-        parsed = None
-    return {"status": resp.status_code, "headers": dict(resp.headers), "body": text, "json": parsed}
+    parsed: Any = None
+    if encoding == "text":
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            pass
+    return {
+        "status": resp.status_code,
+        "body": text,
+        "encoding": encoding,
+        "headers": dict(resp.headers),
+        "ok": 200 <= resp.status_code < 300,
+        "duration_ms": duration_ms,
+        "json": parsed,
+    }

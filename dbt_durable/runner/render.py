@@ -1,7 +1,9 @@
 """Step text rendering: ``{var}`` text substitution, then ``$name`` references.
 
-``{name}`` is plain text substitution of the run's vars and the ``sys_`` values (unknown names
-are left as written). ``$name`` references are rendered by :mod:`dbt_durable.runner.results`:
+``{name}`` is plain text substitution of the run's vars and the ``sys_`` values: ``sys_run_id``
+(= pg_durable's ``sys_instance_id``), ``sys_label`` (the run's name; pg_durable's label, '' when
+there is none), ``sys_node`` and ``sys_idempotency_key``. Unknown names are left as written, and
+so is a ``$name`` that nothing in the flow binds. ``$name`` references are rendered by :mod:`dbt_durable.runner.results`:
 as quoted SQL literals in SQL text (``conn`` given), as their raw value in HTTP text.
 """
 
@@ -23,6 +25,8 @@ def substitute(state: RunState, text: str, key: str, conn: Any, raw: bool = Fals
     """``text`` of the step with execution key ``key``, with vars and references filled in."""
     system = {
         "sys_run_id": state.run_id,
+        "sys_instance_id": state.run_id,  # pg_durable's name
+        "sys_label": state.label,
         "sys_node": key,
         "sys_idempotency_key": idempotency_key(state.run_id, key),
     }
@@ -34,6 +38,7 @@ def substitute(state: RunState, text: str, key: str, conn: Any, raw: bool = Fals
         return state.vars.get(name, m.group())
 
     text = VAR.sub(var, text)
+    known = state.flow.bound_names
     if raw:
-        return results.render_raw(text, state.bindings)
-    return results.render(text, state.bindings, conn)
+        return results.render_raw(text, state.bindings, known)
+    return results.render(text, state.bindings, conn, known=known)

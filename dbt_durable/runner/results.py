@@ -1,8 +1,13 @@
 """Step results: building them from a query result, and rendering ``$name`` references.
 
 A SQL step's result is ``{"rows": [...], "row_count": n, "columns": [[name, type], ...]}``.
-Values keep Postgres's own text form unless JSON holds them exactly (integers, booleans,
-json/jsonb), so a rendered literal ``'<text>'::<type>`` reads back as the very same value.
+Values are encoded as pg_durable encodes them: integers, booleans and json/jsonb as JSON,
+floats as JSON numbers (NaN and ±Infinity as null, since JSON has none), numeric as a string
+(exact), timestamps as RFC 3339 strings (``timestamptz`` in UTC, ``2026-11-24T10:00:00+00:00``;
+``timestamp`` without an offset), and a ``bytea`` column fails the step (encode it first). Every
+other type keeps Postgres's own text form (pg_durable fails on those; see
+docs/pg_durable-compatibility.md). So a rendered literal ``'<text>'::<type>`` reads back as the
+very same value (non-finite floats excepted: they read as NULL).
 
 Guarantees of :func:`render` (SQL steps), per lexical position of a reference (read by
 :func:`dbt_durable.flow.refs.find_sql_refs`, as PostgreSQL's lexer reads the step):
@@ -50,6 +55,47 @@ JSON_TYPES = {"json", "jsonb"}
 TEXT_TYPES = {"text", "character varying", "varchar", "name", "unknown", "bpchar", "character"}
 
 
+class UnsupportedResultType(BindingError):
+    """A result column of a type that a step result cannot hold (bytea, as in pg_durable)."""
+
+
+# Postgres's ISO output (DateStyle ISO, the default): 2026-11-24 10:00:00.123456+05:30
+_ISO_STAMP = re.compile(
+    r"(?P<date>\d{4,}-\d\d-\d\d) (?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,6}))?"
+    r"(?:(?P<sign>[+-])(?P<oh>\d\d)(?::(?P<om>\d\d))?(?::(?P<os>\d\d))?)?"
+)
+
+
+def _fraction(frac: str | None) -> str:
+    # chrono's RFC 3339 form (pg_durable's): no fraction, or 3, 6 digits as needed
+    if not frac or int(frac) == 0:
+        return ""
+    micro = frac.ljust(6, "0")
+    return "." + (micro[:3] if micro.endswith("000") else micro)
+
+
+def _rfc3339(text: str, with_zone: bool) -> str:
+    """A timestamp's ISO text as RFC 3339 (UTC for timestamptz); other forms as they are."""
+    m = _ISO_STAMP.fullmatch(text)
+    if m is None:  # infinity, BC dates, another DateStyle: Postgres's own text
+        return text
+    if not with_zone:
+        return f"{m['date']}T{m['time']}{_fraction(m['frac'])}"
+    from datetime import datetime, timedelta
+
+    try:
+        local = datetime.fromisoformat(f"{m['date']} {m['time']}")
+    except ValueError:
+        return text
+    sign = -1 if m["sign"] == "-" else 1
+    offset = timedelta(hours=int(m["oh"] or 0), minutes=int(m["om"] or 0), seconds=int(m["os"] or 0))
+    try:
+        utc = local - sign * offset
+    except OverflowError:
+        return text
+    return f"{utc.isoformat(timespec='seconds')}{_fraction(m['frac'])}+00:00"
+
+
 def _from_text(text: str, type_name: str) -> Any:
     if type_name in INT_TYPES:
         return int(text)
@@ -57,13 +103,20 @@ def _from_text(text: str, type_name: str) -> Any:
         return text == "t"
     if type_name in JSON_TYPES:
         return json.loads(text)
-    if type_name in FLOAT_TYPES or type_name == "numeric":
+    if type_name in FLOAT_TYPES:
         try:
             number = float(text)
         except ValueError:
             return text
-        if math.isfinite(number) and repr(number) == text:
+        if not math.isfinite(number):
+            return None  # pg_durable: JSON has no NaN or Infinity
+        if repr(number) == text:
             return number
+        return text
+    if type_name == "timestamp with time zone":
+        return _rfc3339(text, True)
+    if type_name == "timestamp without time zone":
+        return _rfc3339(text, False)
     return text
 
 
@@ -82,6 +135,12 @@ def build_result(
         )
     names = [(res.fname(i) or b"?column?").decode() for i in range(nfields)]
     types = [type_names.get(res.ftype(i), "text") for i in range(nfields)]
+    if "bytea" in types and ntuples:
+        column = names[types.index("bytea")]
+        raise UnsupportedResultType(
+            f"column {column!r} is of type bytea, which a step result cannot hold (as in pg_durable); "
+            f"select encode({column}, 'base64') or {column}::text instead"
+        )
     rows: list[dict[str, Any]] = []
     size = 0
     for r in range(ntuples):
@@ -103,18 +162,23 @@ def build_result(
 
 
 def truthy(result: Any) -> bool:
-    """pg_durable truthiness: the first column of the first row; no rows is false."""
+    """pg_durable truthiness: the first column of the first row; no rows is false. Any other
+    result (an object, an array, a string) is judged as a whole by the same rules."""
     value = result
-    if isinstance(result, dict) and "rows" in result:
+    if isinstance(result, dict) and isinstance(result.get("rows"), list):
         rows = result["rows"]
         if not rows:
             return False
         first = rows[0]
-        value = next(iter(first.values()), None) if first else None
+        if isinstance(first, dict) and first:
+            value = next(iter(first.values()))
     return _truthy_value(value)
 
 
 def _truthy_value(value: Any) -> bool:
+    """pg_durable's rules: false, 0, NULL, '', 'false'/'f'/'no' (any case, trimmed), a string
+    that reads as the number 0, [] and {} are false; everything else ('off', 'n' included)
+    is true."""
     if value is None:
         return False
     if isinstance(value, bool):
@@ -123,8 +187,10 @@ def _truthy_value(value: Any) -> bool:
         return value != 0
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in ("", "false", "f", "no", "n", "off", "0"):
+        if text in ("", "false", "f", "no"):
             return False
+        if text in ("true", "t", "yes"):
+            return True
         try:
             return float(text) != 0
         except ValueError:
@@ -371,17 +437,27 @@ def sql_refs(text: str, standard_strings: bool | None) -> list[Ref]:
     return on
 
 
-def render(text: str, bindings: dict[str, Any], conn: Any, max_rowset: int = 10_000) -> str:
+def render(
+    text: str,
+    bindings: dict[str, Any],
+    conn: Any,
+    max_rowset: int = 10_000,
+    known: frozenset[str] | None = None,
+) -> str:
     """``text`` with every ``$name`` reference in SQL code replaced by a quoted, typed literal.
 
     ``$name.*`` becomes ``(VALUES ...) AS name(cols)``. References in comments are left as
     they are; in quotes they are refused (see the module doc). ``conn`` tells the session's
-    ``standard_conforming_strings``. Errors as in :func:`_resolve`.
+    ``standard_conforming_strings``. Errors as in :func:`_resolve`. With ``known`` (the names
+    the flow binds), a reference to any other name is left as written, wherever it is
+    (pg_durable's rule: ``$1`` of a function body, ``$x`` of a regular expression).
     """
     out: list[str] = []
     pos = 0
     for ref in sql_refs(text, _standard_strings(conn)):
         if ref.context == COMMENT:
+            continue
+        if known is not None and ref.name not in known and ref.name not in bindings:
             continue
         token = text[ref.start : ref.end]
         if ref.context != CODE:
@@ -409,7 +485,7 @@ def render(text: str, bindings: dict[str, Any], conn: Any, max_rowset: int = 10_
     return "".join(out)
 
 
-def render_raw(text: str, bindings: dict[str, Any]) -> str:
+def render_raw(text: str, bindings: dict[str, Any], known: frozenset[str] | None = None) -> str:
     """``text`` with references as plain values (for HTTP URLs, bodies and headers).
 
     No SQL lexing: strings are inserted as they are, other values as JSON, and ``$name.*`` as
@@ -418,6 +494,8 @@ def render_raw(text: str, bindings: dict[str, Any]) -> str:
     """
 
     def replace(m: Any) -> str:
+        if known is not None and m["name"] not in known and m["name"] not in bindings:
+            return str(m.group())
         if m["col"] == "*" and m["name"] in bindings:
             result = bindings[m["name"]]
             return json.dumps(result.get("rows") if isinstance(result, dict) else result, ensure_ascii=False)

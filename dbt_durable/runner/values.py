@@ -89,6 +89,7 @@ class RunState:
     bindings: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
     executed: int = 0
+    label: str = ""  # {sys_label}: the run's name (set by the walker when the walk starts)
 
 
 @dataclass(frozen=True)

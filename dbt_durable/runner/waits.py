@@ -3,6 +3,11 @@
 A wait's deadline is stored (the node is marked ``waiting`` with ``wake_at``) before it
 starts, so a restarted runner waits for the same instant. A wait longer than the runner's
 ``park_after_s`` raises :class:`Parked`: the run is parked and holds nothing until it is due.
+
+Results have pg_durable's shapes: ``sleep`` gives ``{"slept": true, "seconds": n}``,
+``wait_for_schedule`` ``{"scheduled": true}`` (both also carry ``woke_at``, the instant the
+timer was due), and ``wait_for_signal`` ``{"signal_name", "timed_out", "data"}``, where ``data``
+is the signal's payload (JSON, or a JSON string for a plain-text payload; null on a timeout).
 """
 
 from __future__ import annotations
@@ -49,7 +54,13 @@ async def timer(run: RunExecution, step: Step) -> Any:
         raise Parked(wake_at, f"{step.kind} at node {step.key} until {wake_at.isoformat()}")
     if delay > 0:
         await asyncio.sleep(delay)
-    result = {"woke_at": wake_at.isoformat()}
+    result: dict[str, Any]
+    if isinstance(step.ast, A.Sleep):
+        seconds = step.ast.seconds
+        result = {"slept": True, "seconds": int(seconds) if seconds == int(seconds) else seconds}
+    else:
+        result = {"scheduled": True}
+    result["woke_at"] = wake_at.isoformat()
     await run.writer.checkpoint(step.key, step.node_id, step.kind, 1, result)
     return result
 
@@ -76,19 +87,14 @@ async def wait_signal(run: RunExecution, step: Step) -> Any:
             async with conn.transaction():
                 row = await (await conn.execute(run.q.consume_signal, params)).fetchone()
                 if row is not None:
-                    result = {
-                        "signal_name": ast.name,
-                        "payload": row[0],
-                        "timed_out": False,
-                        "sent_at": row[1].isoformat(),
-                    }
+                    result = {"signal_name": ast.name, "timed_out": False, "data": row[0]}
                     await run.writer.checkpoint_on(conn, step.key, step.node_id, step.kind, 1, result)
                     return result
         park = run.settings.park_after_s
         if park is not None and (clock() - started).total_seconds() >= park:
             raise Parked(deadline, f"wait_for_signal('{ast.name}') at node {step.key}", ast.name)
         if deadline is not None and clock() >= deadline:
-            result = {"signal_name": ast.name, "payload": None, "timed_out": True}
+            result = {"signal_name": ast.name, "timed_out": True, "data": None}
             await run.writer.checkpoint(step.key, step.node_id, step.kind, 1, result)
             return result
         await asyncio.sleep(poll)

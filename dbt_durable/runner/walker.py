@@ -7,22 +7,43 @@ same path as the original up to the first unfinished node.
 
 A strand is a sequential part of the walk with a lane of its own (a connection and a pending
 checkpoint); joins and races start one strand per branch.
+
+pg_durable's semantics: a race resolves on the first branch to *finish*, even a failed one (the
+run then fails with that branch's error); ``if_rows`` on a name that is not bound, or not a SQL
+result, fails the run; ``break()`` may sit in a loop's body or its condition, and outside a loop
+fails the run when it executes. SQL-expression arguments (``'SELECT ' || '1'``) are evaluated by
+the database once, when the run starts, and stored (node ``@args``), so a resume sees the same
+values.
+
+Loops: each loop stops with an error after ``max_iterations`` iterations (option of the loop;
+default 100,000, as pg_durable's fixed cap; 0 for no limit). A loop that spins idle is
+throttled: an iteration is idle when it ran no wait (sleep, wait_for_signal,
+wait_for_schedule), no HTTP step and no SQL step that changed rows (``row_count`` of an
+INSERT/UPDATE/DELETE/MERGE), and its body and condition gave the same results as the
+iteration before. After 10 idle iterations in a row, the loop waits before each next one:
+10 ms, doubling up to 1 s, until an iteration is not idle (a ``loop_throttled`` event records
+it). A loop that makes progress, or waits itself, is never slowed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from dbt_durable.errors import DurableError, StepFailed
 from dbt_durable.flow import ast as A
+from dbt_durable.graph.build import ARGS, DEFAULT_MAX_ITERATIONS, ROOT, FlowGraph
 from dbt_durable.runner import faults, results
 from dbt_durable.runner.attempts import run_step
 from dbt_durable.runner.lane import Lane
 from dbt_durable.runner.render import substitute
 from dbt_durable.runner.steps import CheckpointWriter
 from dbt_durable.runner.values import BreakLoop, NodeProgress, Step, StepSpec, exec_key
+from dbt_durable.store.status import NodeStatus
 
 if TYPE_CHECKING:
     from dbt_durable.runner.run import RunExecution
@@ -31,9 +52,15 @@ if TYPE_CHECKING:
 class Walker:
     """Walks one run's graph for one :class:`~dbt_durable.runner.run.RunExecution`."""
 
+    IDLE_AFTER = 10  # idle iterations in a row before a loop is throttled
+    THROTTLE_MIN_S = 0.01
+    THROTTLE_MAX_S = 1.0
+
     def __init__(self, run: RunExecution):
         self.run = run
         self._specs: dict[str, StepSpec] = {}
+        # Steps with an effect or a wait (HTTP, waits, SQL that changed rows), for idle loops.
+        self.activity = 0
 
     def spec(self, node_id: str, ast: A.Node) -> StepSpec:
         """The step's options, parsed once per run execution."""
@@ -61,6 +88,8 @@ class Walker:
 
     async def strand(self, node_id: str, iters: tuple[int, ...]) -> Any:
         """Run ``node_id`` on a lane of its own; its last checkpoint is committed on success."""
+        if node_id == ROOT and not iters:
+            await self._start_walk()
         lane = self.new_lane()
         try:
             value = await self.node(node_id, iters, lane)
@@ -68,6 +97,42 @@ class Walker:
             return value
         finally:
             await lane.discard()
+
+    async def _start_walk(self) -> None:
+        """Before the walk: the run's label, and its SQL-expression arguments evaluated."""
+        st = self.run.state
+        st.label = self.run.flow_name
+        if not st.flow.expressions:
+            return
+        done = st.progress.get(ARGS)
+        if done is not None and done.completed:
+            values = done.result["values"]
+        else:
+            values = await self._evaluate(st.flow.expressions)
+        st.flow = _with_values(st.flow, values)
+
+    async def _evaluate(self, exprs: tuple[tuple[str, str, str], ...]) -> list[str | None]:
+        """Evaluate the expressions in one statement, as the run's own login, and checkpoint
+        their values with it (exactly once)."""
+        run = self.run
+        select = "SELECT " + ", ".join(f"({sql})::text" for _, _, sql in exprs)
+        try:
+            async with run.writer.connection() as conn:
+                async with conn.transaction():
+                    row = await (await conn.execute(select.encode())).fetchone()
+                    assert row is not None
+                    values = list(row)
+                    for (node_id, field, sql), value in zip(exprs, values):
+                        if value is None and field not in ("body", "headers", "value"):
+                            raise StepFailed(ARGS, f"the SQL expression {sql} (node {node_id}) is NULL")
+                    await run.writer.checkpoint_on(conn, ARGS, ARGS, "args", 1, {"values": values})
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                raise
+            message = str(exc).strip() or type(exc).__name__
+            await run.writer.mark(ARGS, ARGS, "args", NodeStatus.FAILED, 1, message, None)
+            raise StepFailed(ARGS, f"a SQL expression argument failed: {message}") from None
+        return values
 
     async def node(self, node_id: str, iters: tuple[int, ...], lane: Lane) -> Any:
         st = self.run.state
@@ -109,9 +174,15 @@ class Walker:
             return await self.node(kids[2], iters, lane) if len(kids) > 2 else None
         if isinstance(ast, A.IfRows):
             kids = st.flow.children(node_id)
-            bound = st.bindings.get(ast.name)
-            has_rows = bool(bound.get("rows")) if isinstance(bound, dict) and "rows" in bound else bool(bound)
-            if has_rows:
+            if ast.name not in st.bindings:
+                raise StepFailed(exec_key(node_id, iters), f"if_rows: result '{ast.name}' is not bound")
+            bound = st.bindings[ast.name]
+            if not (isinstance(bound, dict) and isinstance(bound.get("row_count"), int)):
+                raise StepFailed(
+                    exec_key(node_id, iters),
+                    f"if_rows: result '{ast.name}' is not a SQL result (no row_count)",
+                )
+            if bound["row_count"] > 0:
                 return await self.node(kids[0], iters, lane)
             return await self.node(kids[1], iters, lane) if len(kids) > 1 else None
         if isinstance(ast, A.Loop):
@@ -146,6 +217,10 @@ class Walker:
         if not self.spec(node_id, ast).transactional:
             await lane.release()
         value = await run_step(self.run, Step(node_id, iters, key, ast, self.spec(node_id, ast)), lane)
+        if not isinstance(ast, A.Sql) or (
+            isinstance(value, dict) and not value.get("rows") and value.get("row_count")
+        ):
+            self.activity += 1
         if lane.pending_key is None:  # lane steps report after_commit when their checkpoint commits
             faults.hit("after_commit", key, self.run.flow_name)
         return value
@@ -177,7 +252,8 @@ class Walker:
         try:
             while pending:
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
+                # pg_durable: the first branch to finish decides, even a failed one.
+                for task in sorted(finished, key=tasks.__getitem__):
                     exc = task.exception()
                     if exc is None:
                         value = task.result()
@@ -185,11 +261,10 @@ class Walker:
                             key, node_id, "race", 1, {"winner": tasks[task], "value": value}
                         )
                         return value
-                    if not isinstance(exc, StepFailed):
-                        raise exc
                     first_error = first_error or exc
-            assert first_error is not None
-            raise first_error
+                assert first_error is not None
+                raise first_error
+            raise DurableError("internal error: a race without branches")
         finally:
             for task in pending:
                 task.cancel()
@@ -198,15 +273,70 @@ class Walker:
     async def _loop(self, node_id: str, iters: tuple[int, ...], lane: Lane) -> Any:
         st = self.run.state
         kids = st.flow.children(node_id)
+        ast = st.flow.node(node_id)
+        limit = int(ast.option("max_iterations", DEFAULT_MAX_ITERATIONS) or 0)
+        idle, delay, previous = 0, 0.0, None
         i = 0
         while True:
+            if limit and i >= limit:
+                raise StepFailed(
+                    exec_key(node_id, iters),
+                    f"loop exceeded max_iterations={limit}: its exit condition never held and no "
+                    "break() ran; raise the limit with (@> body) with (max_iterations=N) or "
+                    "loop(body, cond) with (max_iterations=N) (0: no limit), or fix the condition",
+                )
             inner = iters + (i,)
+            activity, executed = self.activity, st.executed
             try:
                 value = await self.node(kids[0], inner, lane)
-            except BreakLoop as brk:
+                cond = await self.node(kids[1], inner, lane) if len(kids) > 1 else None
+            except BreakLoop as brk:  # in the body or in the condition
                 return brk.value
-            if len(kids) > 1 and not results.truthy(await self.node(kids[1], inner, lane)):
+            if len(kids) > 1 and not results.truthy(cond):
                 return value
+            # Idle: nothing ran that waits or changes anything, and the same results again.
+            outcome = (value, cond)
+            if self.activity == activity and st.executed > executed and outcome == previous:
+                idle += 1
+            else:
+                idle, delay = 0, 0.0
+            previous = outcome
+            if idle >= self.IDLE_AFTER:
+                if delay == 0.0:
+                    await lane.release()
+                    await self.run.writer.event(
+                        exec_key(node_id, iters), "loop_throttled", {"iteration": i, "idle": idle}
+                    )
+                delay = min(self.THROTTLE_MAX_S, max(self.THROTTLE_MIN_S, delay * 2))
+                await lane.release()  # never hold a connection or a pending checkpoint while waiting
+                await asyncio.sleep(delay)
             i += 1
 
-    # -- steps -----------------------------------------------------------------------------
+
+def _with_values(flow: FlowGraph, values: list[str | None]) -> FlowGraph:
+    """``flow`` with its SQL-expression arguments replaced by their evaluated values (the same
+    nodes and ids; a new graph for this run only, the cached one is never changed)."""
+    by_node: dict[str, dict[str, str | None]] = {}
+    for (node_id, field, _), value in zip(flow.expressions, values):
+        by_node.setdefault(node_id, {})[field] = value
+
+    def rebuild(node_id: str, node: A.Node) -> A.Node:
+        kids = flow.children(node_id)
+        fields: dict[str, Any] = dict(by_node.get(node_id, {}))
+        if kids:
+            new_kids = [rebuild(k, flow.node(k)) for k in kids]
+            if isinstance(node, (A.Seq, A.Join, A.Race)):
+                fields["items"] = tuple(new_kids)
+            elif isinstance(node, A.Bind):
+                fields["body"] = new_kids[0]
+            elif isinstance(node, A.If):
+                fields.update(
+                    cond=new_kids[0], then=new_kids[1], orelse=new_kids[2] if len(new_kids) > 2 else None
+                )
+            elif isinstance(node, A.IfRows):
+                fields.update(then=new_kids[0], orelse=new_kids[1] if len(new_kids) > 1 else None)
+            elif isinstance(node, A.Loop):
+                fields.update(body=new_kids[0], cond=new_kids[1] if len(new_kids) > 1 else None)
+        return dataclasses.replace(node, **fields) if fields else node
+
+    return FlowGraph.of(rebuild(ROOT, flow.ast), flow.text, flow.graph_hash)

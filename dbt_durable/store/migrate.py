@@ -14,6 +14,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from dbt_durable.errors import DurableError
 from dbt_durable.resources import migrations_dir
 
 MIGRATION_LOCK = 0x6462_7464_7572  # "dbtdur"
@@ -28,7 +29,7 @@ def migrations() -> list[tuple[int, str, str]]:
     """(version, name, SQL) of every shipped migration, in version order."""
     found = []
     for entry in migrations_dir().iterdir():
-        if entry.name.endswith(".sql"):
+        if entry.name.endswith(".sql") and entry.name[:1].isdigit():
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text()))
     return sorted(found)
@@ -102,3 +103,26 @@ def _current_version(conn: psycopg.Connection, schema: str) -> int:
     ).fetchone()
     recorded = int(row[0]) if row else 0
     return min(recorded, 6)
+
+
+DF_ALIASES = "df_aliases.sql"
+
+
+def apply_df_aliases(conn: psycopg.Connection, schema: str, alias_schema: str = "df") -> None:
+    """Create (or refresh) pg_durable's ``df`` schema as aliases of ``schema``'s functions, and
+    grant it to every role that has usage of ``schema``. Refuses a schema of that name that is
+    not already dbt-durable's aliases of ``schema`` (pg_durable's own ``df``, for one)."""
+    ident = sql.Identifier(alias_schema).as_string(None)
+    state = sql.Identifier(schema).as_string(None)
+    row = conn.execute(
+        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (alias_schema,)
+    ).fetchone()
+    if row is not None and row[0] != f"dbt-durable df aliases of {state}":
+        raise DurableError(
+            f"schema {alias_schema!r} exists and is not dbt-durable's aliases of {schema!r} "
+            "(is pg_durable installed here?); drop it or choose another state schema"
+        )
+    text = (migrations_dir() / DF_ALIASES).read_text().replace("__DF__", ident)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(schema_sql(text, schema))

@@ -9,7 +9,7 @@ $$CREATE TABLE IF NOT EXISTS {{ this }} (order_id integer PRIMARY KEY, amount nu
      WHERE amount > 490 ON CONFLICT (order_id) DO NOTHING$$
 ~> ('SELECT count(*) AS n, coalesce(sum(amount), 0) AS total FROM {{ this }} WHERE status = ''pending''' |=> 'pending')
 ~> (wait_for_signal('approve_refunds', 604800) |=> 'decision')
-~> ( 'SELECT NOT $decision.timed_out AND coalesce(($decision.payload ->> ''approved'')::boolean, false)'
-     ?> $$UPDATE {{ this }} SET status = 'refunded', decided_by = $decision.payload ->> 'by' WHERE status = 'pending'$$
+~> ( 'SELECT NOT $decision.timed_out AND coalesce(($decision.data ->> ''approved'')::boolean, false)'
+     ?> $$UPDATE {{ this }} SET status = 'refunded', decided_by = $decision.data ->> 'by' WHERE status = 'pending'$$
      !> $$UPDATE {{ this }} SET status = 'rejected' WHERE status = 'pending'$$ )
 {% endcall %}
