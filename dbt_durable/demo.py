@@ -3,7 +3,8 @@
 1. ``dbt build`` of example_project is SIGKILLed inside the third ingest batch.
 2. The same ``dbt build`` again resumes: finished batches and models are skipped.
 3. The approval flow, parked on a signal, is approved and finished.
-4. The results: published tables, the fan-out summary and a pgvector similarity search.
+4. The results: published tables, the fan-out summary and a pgvector similarity search,
+   embedded by the local OpenAI-compatible endpoint (dbt_durable.embed) the demo starts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import click
+import httpx
 import psycopg
 from psycopg import conninfo, sql
 
@@ -91,8 +93,26 @@ def _progress(dsn: str) -> list[tuple[str, str, int]]:
     return [(str(a), str(b), int(c)) for a, b, c in rows]
 
 
+SEARCH = "tools for the garden"
+NEAREST_DOCUMENTS = """
+SELECT doc_id, title FROM (
+    SELECT DISTINCT ON (e.doc_id) e.doc_id, d.title, e.embedding <=> %s::vector AS distance
+    FROM analytics_shop.doc_embeddings e JOIN analytics_raw.embedding_docs d USING (doc_id)
+    ORDER BY e.doc_id, distance) AS best
+ORDER BY distance LIMIT 3
+"""
+
+
 def run_demo(dsn: str, home: Path) -> None:
-    """Run the demo against ``dsn`` in a copy of the example project under ``home``."""
+    """Run the demo against ``dsn`` in a copy of the example project under ``home``, with the
+    local embeddings endpoint running for the example's embedding model."""
+    from dbt_durable.embed.process import LocalEndpoint
+
+    with LocalEndpoint() as embeddings:
+        _run_demo(dsn, home, embeddings.base_url)
+
+
+def _run_demo(dsn: str, home: Path, embed_url: str) -> None:
     project = home.resolve() / "example_project"
     shutil.rmtree(project, ignore_errors=True)
     shutil.copytree(
@@ -102,6 +122,8 @@ def run_demo(dsn: str, home: Path) -> None:
     )
     _reset(dsn)
     env = _env(dsn)
+    allowed = [h for h in env.get("DBT_DURABLE_HTTP_ALLOW", "").split(",") if h]
+    env.update(DBT_DURABLE_EMBED_URL=embed_url, DBT_DURABLE_HTTP_ALLOW=",".join({*allowed, "127.0.0.1"}))
 
     click.secho("1. dbt build of example_project; it is killed (SIGKILL) inside ingest batch 3.", bold=True)
     first = _run_dbt(["build", "--threads", "1"], project, dict(env, DBT_DURABLE_FAULT=KILL_AT))
@@ -136,10 +158,8 @@ def run_demo(dsn: str, home: Path) -> None:
         refunds = conn.execute(
             "SELECT status, count(*) FROM analytics_shop.refund_approval GROUP BY 1 ORDER BY 1"
         ).fetchall()
-        nearest = conn.execute(
-            "SELECT doc_id, left(chunk, 50) FROM analytics_shop.doc_embeddings "
-            "ORDER BY embedding <=> analytics_shop.hash_embed('tools for the garden') LIMIT 3"
-        ).fetchall()
+        query = httpx.post(f"{embed_url}/embeddings", json={"input": SEARCH}, timeout=30).json()
+        nearest = conn.execute(NEAREST_DOCUMENTS, (str(query["data"][0]["embedding"]),)).fetchall()
     click.echo(
         f"   staged {staged[0] if staged else 0} rows exactly once; published {orders} orders "
         f"after dedupe, {dupes} duplicates"
@@ -150,5 +170,5 @@ def run_demo(dsn: str, home: Path) -> None:
             f"{stats[3]} customers"
         )
     click.echo("   refunds: " + ", ".join(f"{n} {s}" for s, n in refunds))
-    click.echo("   nearest notes to 'tools for the garden': " + "; ".join(f"#{d} {c}" for d, c in nearest))
-    click.echo(f"Done. The project copy is in {project}; state is in schema {STATE_SCHEMA}.")
+    click.echo(f"   The project copy is in {project}; state is in schema {STATE_SCHEMA}.")
+    click.echo(f"Documents nearest to '{SEARCH}': " + "; ".join(f"#{d} {title}" for d, title in nearest))

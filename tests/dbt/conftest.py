@@ -17,7 +17,9 @@ import pytest
 from psycopg import sql
 
 from dbt_durable.demo import _dbt, _env, example_project_source
+from dbt_durable.embed.process import LocalEndpoint
 from tests.conftest import Space
+from tests.embed.fixtures import embed_endpoint, wire  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,10 +69,12 @@ def make_project(space: Space, source: Path) -> Iterator[DbtProject]:
 
 
 @pytest.fixture
-def example(space: Space) -> Iterator[DbtProject]:
+def example(space: Space, embed_endpoint: LocalEndpoint) -> Iterator[DbtProject]:  # noqa: F811
     if not _has_pgvector(space.admin_dsn):
         pytest.skip("the example project needs pgvector (the embedded test server has it)")
-    yield from make_project(space, example_project_source())
+    for project in make_project(space, example_project_source()):
+        wire(project.env, embed_endpoint)  # the embedding model calls the local endpoint
+        yield project
 
 
 @pytest.fixture

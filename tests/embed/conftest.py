@@ -9,19 +9,17 @@ import pytest
 
 from dbt_durable.embed.process import LocalEndpoint
 from tests.dbt.conftest import DbtProject, example  # noqa: F401 (the example fixture)
+from tests.embed.fixtures import embed_endpoint  # noqa: F401 (a fixture)
 
-pytest.importorskip("wordllama", reason="needs the embed extra: pip install '.[embed]'")
 
-
-@pytest.fixture(scope="session")
-def endpoint() -> Iterator[LocalEndpoint]:
-    with LocalEndpoint() as running:
-        yield running
+@pytest.fixture
+def endpoint(embed_endpoint: LocalEndpoint) -> LocalEndpoint:  # noqa: F811
+    """The session's endpoint, with its request log emptied for this test."""
+    embed_endpoint.clear()
+    return embed_endpoint
 
 
 @pytest.fixture
 def embed_project(example: DbtProject, endpoint: LocalEndpoint) -> Iterator[DbtProject]:  # noqa: F811
-    """The example project, calling the local endpoint; its request log starts empty."""
-    endpoint.clear()
-    example.env.update(DBT_DURABLE_EMBED_URL=endpoint.base_url, DBT_DURABLE_HTTP_ALLOW="127.0.0.1")
+    """The example project, calling the local endpoint."""
     yield example
