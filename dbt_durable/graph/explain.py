@@ -182,7 +182,7 @@ def _edge_label(flow: FlowGraph, parent: str, i: int) -> str:
     return ""
 
 
-def _counts(st: NodeState) -> str:
+def _counts(st: NodeState, with_time: bool = True) -> str:
     bits = []
     if st.iterations:
         bits.append(f"×{st.iterations} iteration{'s' if st.iterations != 1 else ''}")
@@ -190,7 +190,7 @@ def _counts(st: NodeState) -> str:
         bits.append(f"×{st.executions}")
     if st.attempts > 1:
         bits.append(f"{st.attempts} attempts")
-    if st.seconds is not None:
+    if with_time and st.seconds is not None:
         bits.append(f"{st.seconds:.2f}s")
     return ", ".join(bits)
 

@@ -50,7 +50,7 @@ SELECT p.*, c.static_done, c.iterations_done, c.failed, c.active, c.executions,
              count(*) AS executions
         FROM {s}.nodes n WHERE n.run_id = p.run_id) c ON true
   LEFT JOIN LATERAL (
-      SELECT sum(x.compacted) AS iterations FROM {s}.loop_summaries x WHERE x.run_id = p.run_id) l ON true
+      SELECT sum(x.compacted) AS iterations FROM {s}.loop_counts(p.run_id) x) l ON true
  ORDER BY p.created_at DESC
 """
 
@@ -61,37 +61,24 @@ SELECT run_id, flow_name, run_key, kind, status, submitted_by, flow_text, plan::
   FROM {s}.runs WHERE run_id = %s
 """
 
-# One row per node id: how many executions (loop iterations) in each state, the attempts,
-# timings and error of the latest one. Compacted loop iterations are added from their summary.
-NODE_STATES = """
-WITH agg AS (
-    SELECT n.node_id, min(n.kind) AS kind,
-           count(*) AS executions,
-           count(*) FILTER (WHERE n.status = 'completed') AS completed,
-           count(*) FILTER (WHERE n.status = 'failed') AS failed,
-           count(*) FILTER (WHERE n.status = 'running') AS running,
-           count(*) FILTER (WHERE n.status = 'waiting') AS waiting,
-           count(*) FILTER (WHERE n.status = 'cancelled') AS cancelled,
-           max(n.attempts) AS attempts,
-           min(n.started_at) AS started_at,
-           max(n.finished_at) AS finished_at,
-           max(n.started_at) AS last_started_at,
-           bool_or(strpos(n.exec_key, '#') > 0) AS in_loop
-      FROM {s}.nodes n WHERE n.run_id = %(run_id)s
-     GROUP BY n.node_id
-)
-SELECT a.node_id, a.kind, a.executions + coalesce(x.compacted, 0) AS executions,
-       a.completed + coalesce(x.compacted, 0) AS completed, a.failed, a.running, a.waiting, a.cancelled,
-       a.attempts, coalesce(x.first_started, a.started_at) AS started_at, a.finished_at, a.in_loop,
-       last.exec_key AS last_exec_key, last.status AS last_status, last.error AS last_error,
-       last.started_at AS last_started, last.finished_at AS last_finished, last.wake_at AS last_wake_at
-  FROM agg a
-  LEFT JOIN {s}.loop_summaries x ON x.run_id = %(run_id)s AND x.node_id = a.node_id
-  LEFT JOIN LATERAL (
-      SELECT n.exec_key, n.status, n.error, n.started_at, n.finished_at, n.wake_at FROM {s}.nodes n
-       WHERE n.run_id = %(run_id)s AND n.node_id = a.node_id AND n.started_at = a.last_started_at
-       ORDER BY n.exec_key DESC LIMIT 1) last ON true
+# Per node id and status: how many executions (loop iterations), attempts and timings. One
+# pass over the run's rows with the fewest per-row expressions (the grouping does the rest).
+NODE_COUNTS = """
+SELECT n.node_id, n.status, count(*) AS executions, max(n.attempts) AS attempts,
+       min(n.started_at) AS first_started, max(n.started_at) AS last_started, max(n.finished_at) AS last_finished
+  FROM {s}.nodes n WHERE n.run_id = %(run_id)s
+ GROUP BY n.node_id, n.status
 """
+
+# The latest execution of each node that is not completed (running, waiting, failed,
+# cancelled): its error and wake time. Asked only when NODE_COUNTS shows such executions.
+NODE_OPEN = """
+SELECT DISTINCT ON (n.node_id) n.node_id, n.exec_key, n.status, n.error, n.started_at, n.finished_at, n.wake_at
+  FROM {s}.nodes n WHERE n.run_id = %(run_id)s AND n.status <> 'completed'
+ ORDER BY n.node_id, n.started_at DESC, n.exec_key DESC
+"""
+
+LOOP_COUNTS = "SELECT node_id, compacted, first_started FROM {s}.loop_counts(%(run_id)s)"
 
 # The executions of one node (its loop iterations), latest first.
 NODE_EXECUTIONS = """

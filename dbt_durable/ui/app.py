@@ -60,7 +60,7 @@ th{background:#eceff1} .badge{padding:2px 7px;border-radius:10px;font-size:12px;
 .b-waiting{background:#fff8e1;color:#6d4c00}.b-failed{background:#ffebee;color:#b71c1c}
 .b-cancelled,.b-skipped{background:#eceff1;color:#37474f}.b-quarantined{background:#f3e5f5;color:#4a148c}
 .banner{padding:8px 12px;margin-bottom:12px;border-radius:4px}.ro{background:#fff3e0}.err{background:#ffebee;color:#b71c1c}
-.ok{background:#e8f5e9}.actions form{display:inline-block;margin:0 12px 8px 0}
+.ok{background:#e8f5e9}.errtext{color:#b71c1c}.actions form{display:inline-block;margin:0 12px 8px 0}
 pre{background:#f5f5f5;padding:8px;overflow:auto;font-size:12px;max-height:400px}
 .graph{background:#fff;border:1px solid #e0e0e0;overflow:auto;margin:10px 0}
 input,select,button{font-size:13px} .muted{color:#757575;font-size:12px}
@@ -90,7 +90,7 @@ src.onmessage = (e) => {
       row.querySelector('.state').innerHTML = '<span class="badge b-' + n.state + '">' + n.state + '</span>';
       row.querySelector('.counts').textContent = n.counts;
       row.querySelector('.dur').textContent = n.duration;
-      row.querySelector('.err').textContent = n.error || '';
+      row.querySelector('.errtext').textContent = n.error || '';
     }
   }
   document.body.dataset.status = m.status;
@@ -291,13 +291,13 @@ class Dashboard:
             st = view.states.get(node_id)
             counts = ""
             if st is not None:
-                counts = _counts(st)
+                counts = _counts(st, with_time=False)
             parts.append(
                 f"<tr data-node='{escape(node_id)}'><td style='padding-left:{8 + depth * 14}px'>"
                 f"<a href='/runs/{rid}/nodes/{escape(node_id)}'>{escape(node_id)}</a></td><td>{escape(text)}</td>"
                 f"<td class='state'>{_badge(facts['state'])}</td><td class='counts'>{escape(counts)}</td>"
                 f"<td class='dur'>{escape(facts.get('duration', ''))}</td>"
-                f"<td class='err'>{escape(mask_secrets(facts.get('error') or ''))}</td></tr>"
+                f"<td class='errtext'>{escape(mask_secrets(facts.get('error') or ''))}</td></tr>"
             )
         parts.append("</table>")
         events = await asyncio.to_thread(self.views.events, rid, 30)
@@ -388,7 +388,7 @@ class Dashboard:
                     err += f"<br>HINT: {escape(mask_secrets(ep['hint']))}"
             parts.append(
                 f"<tr><td>{escape(e['exec_key'])}</td><td>{_badge(e['status'])}</td><td>{e['attempts']}</td>"
-                f"<td>{when(e['started_at'])}</td><td>{duration(e['seconds'])}</td><td class='err'>{err}</td></tr>"
+                f"<td>{when(e['started_at'])}</td><td>{duration(e['seconds'])}</td><td class='errtext'>{err}</td></tr>"
             )
         parts.append("</table>")
         latest = next((e for e in d["executions"] if e["result"] is not None), None)
@@ -440,7 +440,7 @@ class Dashboard:
                 f"<td>{when(r['last_fired_slot'])}</td><td>{'<br>'.join(when(s) for s in r['next_slots'])}</td>"
                 f"<td>{recent}</td>{acts}</tr>"
                 + (
-                    f"<tr><td colspan=8 class='err'>{escape(r['last_error'])}</td></tr>"
+                    f"<tr><td colspan=8 class='errtext'>{escape(r['last_error'])}</td></tr>"
                     if r["last_error"]
                     else ""
                 )

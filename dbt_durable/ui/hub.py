@@ -32,7 +32,7 @@ def snapshot(view: RunView) -> dict[str, Any]:
     for node_id, st in view.states.items():
         nodes[node_id] = {
             "state": st.state,
-            "counts": _counts(st),
+            "counts": _counts(st, with_time=False),
             "attempts": st.attempts,
             "duration": duration(st.seconds),
             "error": (st.error or "").splitlines()[0][:200] if st.error else "",

@@ -144,7 +144,7 @@ class RunView:
             nodes = [
                 {
                     "node_id": n["node_id"],
-                    "kind": n["kind"],
+                    "kind": "dbt",
                     "state": n["last_status"],
                     "error": n["last_error"],
                 }
@@ -295,8 +295,13 @@ class Views:
     def run_view_on(self, conn: psycopg.Connection, run_id: str) -> RunView:
         """:meth:`run_view` on an open connection (the dashboard's feed holds one)."""
         run = self.get_run(run_id, conn)
-        aggs = self._rows(conn.execute(self.v.node_states, {"run_id": run["run_id"]}))
-        return self.assemble(run, aggs)
+        params = {"run_id": run["run_id"]}
+        counts = self._rows(conn.execute(self.v.node_counts, params))
+        open_rows = []
+        if any(c["status"] != "completed" for c in counts):
+            open_rows = self._rows(conn.execute(self.v.node_open, params))
+        compacted = self._rows(conn.execute(self.v.loop_counts, params))
+        return self.assemble(run, node_aggregates(counts, open_rows, compacted))
 
     def assemble(self, run: dict[str, Any], aggs: list[dict[str, Any]]) -> RunView:
         status = str(run["status"])
@@ -323,7 +328,7 @@ class Views:
                 if a["last_finished"] or state == "running"
                 else None,
                 error=a["last_error"] if state == "failed" else None,
-                extra={"wake_at": a["last_wake_at"], "in_loop": a["in_loop"]},
+                extra={"wake_at": a["last_wake_at"]},
             )
         states = annotate(flow, steps, status)
         in_loop = _in_loop_steps(flow)
@@ -600,6 +605,60 @@ class Views:
             ids = [str(r[0]) for r in conn.execute(self.v.compactable_runs, (older_than_s,)).fetchall()]
         deleted = sum(self.compact(rid) for rid in ids)
         return {"runs_compacted": len(ids), "iterations_deleted": deleted}
+
+
+def node_aggregates(
+    counts: list[dict[str, Any]], open_rows: list[dict[str, Any]], compacted: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per node id from the per-status counts, the latest unfinished executions and
+    the compacted loop counts (the shape :meth:`Views.assemble` reads)."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in counts:
+        a = out.setdefault(
+            c["node_id"],
+            {
+                "node_id": c["node_id"],
+                "executions": 0,
+                "completed": 0,
+                "failed": 0,
+                "running": 0,
+                "waiting": 0,
+                "cancelled": 0,
+                "attempts": 0,
+                "started_at": None,
+                "finished_at": None,
+                "last_started": None,
+                "last_finished": None,
+                "last_status": None,
+                "last_error": None,
+                "last_wake_at": None,
+                "last_exec_key": None,
+                "completed_last_started": None,
+            },
+        )
+        n = int(c["executions"])
+        a["executions"] += n
+        a[c["status"]] = a.get(c["status"], 0) + n
+        a["attempts"] = max(a["attempts"], int(c["attempts"] or 0))
+        a["started_at"] = min(filter(None, (a["started_at"], c["first_started"])), default=None)
+        a["finished_at"] = max(filter(None, (a["finished_at"], c["last_finished"])), default=None)
+        if c["status"] == "completed":
+            a["last_status"] = "completed"
+            a["last_started"], a["last_finished"] = c["last_started"], c["last_finished"]
+    for o in open_rows:
+        a = out[o["node_id"]]
+        if a["last_started"] is None or o["started_at"] >= a["last_started"]:
+            a["last_status"], a["last_error"], a["last_wake_at"] = o["status"], o["error"], o["wake_at"]
+            a["last_started"], a["last_finished"], a["last_exec_key"] = (
+                o["started_at"],
+                o["finished_at"],
+                o["exec_key"],
+            )
+    for x in compacted:
+        if x["node_id"] in out:
+            out[x["node_id"]]["executions"] += int(x["compacted"])
+            out[x["node_id"]]["completed"] += int(x["compacted"])
+    return list(out.values())
 
 
 def _in_loop_steps(flow: FlowGraph) -> set[str]:

@@ -155,8 +155,8 @@ def node_rows(view: RunView) -> list[tuple[int, str, str, dict[str, Any]]]:
     """(depth, node id, text, facts) for each node of the run's graph, in order."""
     out = []
     if view.flow is None:
-        for n in sorted(view.dbt_nodes, key=lambda n: n["started_at"] or datetime.min):
-            out.append((0, n["node_id"], n["kind"], {"state": n["last_status"], "error": n["last_error"]}))
+        for n in sorted(view.dbt_nodes, key=lambda n: str(n["started_at"] or "")):
+            out.append((0, n["node_id"], "dbt node", {"state": n["last_status"], "error": n["last_error"]}))
         return out
     for node_id, depth in preorder(view.flow):
         st = view.states[node_id]

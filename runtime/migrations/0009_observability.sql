@@ -18,6 +18,16 @@ ALTER TABLE __SCHEMA__.loop_summaries ENABLE ROW LEVEL SECURITY;
 CREATE POLICY loop_summaries_visible ON __SCHEMA__.loop_summaries FOR SELECT
     USING (EXISTS (SELECT 1 FROM __SCHEMA__.runs r WHERE r.run_id = loop_summaries.run_id));
 
+-- The compacted loop counts of a run the login may see (read through a function, so the
+-- views need no grant on the table itself).
+CREATE FUNCTION __SCHEMA__.loop_counts(p_run_id uuid)
+RETURNS TABLE (node_id text, compacted bigint, first_started timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.node_id, s.compacted, s.first_started FROM __SCHEMA__.loop_summaries s
+      JOIN __SCHEMA__.runs r ON r.run_id = s.run_id
+     WHERE s.run_id = p_run_id AND r.submitted_by_oid = ANY (__SCHEMA__.visible_oids())
+$$;
+
 -- Finished runs by age, for retention.
 CREATE INDEX runs_finished ON __SCHEMA__.runs (finished_at) WHERE status IN ('completed', 'failed', 'cancelled');
 
@@ -206,7 +216,7 @@ BEGIN
         'worker_beat(text, text, integer)', 'worker_gone(text)',
         'claim_for_resume(uuid, text, float8, text, text, jsonb, text, json)',
         'prune_runs(interval, integer, integer)', 'compact_run(uuid, integer)', 'requeue_run(uuid)',
-        'restart_run(uuid, text[])'
+        'restart_run(uuid, text[])', 'loop_counts(uuid)'
     ] LOOP
         IF pg_catalog.to_regprocedure(format('%s.%s', '__SCHEMA__', v_fn)) IS NOT NULL THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s.%s TO %I', '__SCHEMA__', v_fn, p_role);

@@ -205,19 +205,43 @@ def test_signal_consumed_by_a_live_wait_is_reported(space: Space) -> None:
 
 
 def test_watch_follows_a_run_until_it_ends(space: Space) -> None:
-    client = space.client()
-    started = client.start(
-        "'SELECT pg_sleep(1.5)' ~> 'SELECT pg_sleep(1.5)' ~> 'SELECT pg_sleep(1.5)'", wait=False
-    )
+    client = space.client()  # no parking: the runner waits for the signal in its thread
+    started = client.start("'SELECT 1' ~> wait_for_signal('go') ~> 'SELECT 2'", wait=False)
     runner = threading.Thread(target=client.resume, args=(started.run_id,))
     runner.start()
-    out = cli("status", started.run_id, "--watch", "--interval", "0.1", "--timeout", "60", *conn_opts(space))
+    env = {k: v for k, v in os.environ.items() if k not in ("DBT_DURABLE_DSN", "DBT_DURABLE_SCHEMA")}
+    watch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dbt_durable",
+            "status",
+            started.run_id,
+            "--watch",
+            "--interval",
+            "0.1",
+            "--timeout",
+            "90",
+            *conn_opts(space),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert watch.stdout is not None
+    lines = []
+    for line in watch.stdout:  # until the watch has shown the run waiting live
+        lines.append(line.rstrip("\n"))
+        if line.startswith("waiting   0.1"):
+            break
+    client.signal(started.run_id, "go")
+    lines += [line.rstrip("\n") for line in watch.stdout]
+    assert watch.wait(60) == 0
     runner.join(30)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    # Step rows appear as each checkpoint commits; the run rolls up as running meanwhile.
-    assert any(line.startswith("running   0 ") for line in lines), out.stdout
-    assert lines.index(next(x for x in lines if x.startswith("completed 0.1"))) < lines.index(
+    assert "status running" in lines[0], lines
+    assert "waiting   0          seq" in lines  # the root rolls up the wait below it
+    assert lines.index("waiting   0.1        wait_for_signal  wait_for_signal('go')") < lines.index(
         next(x for x in lines if x.startswith("completed 0.2"))
     )
     assert lines[-1] == "run completed"
