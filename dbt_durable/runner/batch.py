@@ -66,8 +66,8 @@ _UPDATE = re.compile(r"\bupdate\b", re.IGNORECASE)
 def is_short_step(ast: A.Node) -> bool:
     """Whether a run whose whole flow is ``ast`` may run in a shared batch transaction: one
     SQL step, transactional, no options, no ``$name`` references, none of the words above."""
-    if type(ast) is not A.Sql or ast.options or "$" in ast.text:
-        return False
+    if type(ast) is not A.Sql or ast.options or "$" in ast.text or A.is_expr(ast.text):
+        return False  # a SQL expression is evaluated when the run starts, by the ordinary path
     text = ast.text
     return not _UNSAFE.search(text) and len(_SET.findall(text)) <= len(_UPDATE.findall(text))
 

@@ -22,7 +22,7 @@ from psycopg_pool import PoolTimeout
 from dbt_durable.bulk import bulk_allocation
 from dbt_durable.errors import ConnectionFailed, LeaseLost, RunCancelled, StepFailed
 from dbt_durable.graph.build import ROOT, FlowGraph, compile_flow, load_flow
-from dbt_durable.runner import kinds, lease
+from dbt_durable.runner import kinds, lease, text_runs
 from dbt_durable.runner.backoff import Backoff
 from dbt_durable.runner.lane import Uncertain
 from dbt_durable.runner.tasks import cancel_and_wait
@@ -150,8 +150,11 @@ class RunExecution:
         before plans). The plan is written by the run's own role, so nothing in it is trusted
         across runs: the compile cache is keyed by a hash of the very text that is executed."""
         plan = await (await ctl.execute(self.q.load_plan_text, (self.run_id,))).fetchone()
+        plan_text = plan[0] if plan else None
+        if text_runs.is_text_run(plan_text, run.graph_hash):  # queued by SQL start(): parse it now
+            return await text_runs.load_text_run(ctl, self.settings.schema, self.run_id, run.flow_text)
         with bulk_allocation():
-            return load_flow(plan[0] if plan else None, run.flow_text)
+            return load_flow(plan_text, run.flow_text)
 
     async def _load_progress(self, ctl: psycopg.AsyncConnection, flow: FlowGraph) -> dict[str, NodeProgress]:
         """The run's stored node executions; results only where a replay uses them (all of

@@ -62,11 +62,20 @@ CREATE OR REPLACE FUNCTION __SCHEMA__.grant_usage(p_role name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_fn regprocedure;
+    v_table regclass;
+    v_alias name;
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %s TO %I', '__SCHEMA__', p_role);
-    EXECUTE format('GRANT SELECT ON %s.runs, %s.nodes, %s.events, %s.signals, %s.schedules, %s.workers, '
-                   '%s.progress, %s.schema_version TO %I', '__SCHEMA__', '__SCHEMA__', '__SCHEMA__',
-                   '__SCHEMA__', '__SCHEMA__', '__SCHEMA__', '__SCHEMA__', '__SCHEMA__', p_role);
+    -- Tables under row-level security, the progress view (it filters by the same rule) and
+    -- the schema's version; a new table is readable only once it has its policies.
+    FOR v_table IN
+        SELECT c.oid::regclass FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = '__SCHEMA__'::regnamespace
+           AND (c.relkind = 'r' AND (c.relrowsecurity OR c.relname = 'schema_version')
+                OR c.relkind = 'v' AND c.relname = 'progress')
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %I', v_table, p_role);
+    END LOOP;
     FOR v_fn IN
         SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = '__SCHEMA__'::regnamespace AND p.prokind = 'f'
@@ -74,6 +83,14 @@ BEGIN
            AND p.proname NOT IN ('own_run', 'visible_run', 'fence', 'grant_usage')
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', v_fn, p_role);
+    END LOOP;
+    -- pg_durable's names, if migrate --df-aliases made them (see 0010).
+    FOR v_alias IN
+        SELECT n.nspname FROM pg_catalog.pg_namespace n
+         WHERE pg_catalog.obj_description(n.oid, 'pg_namespace') = 'dbt-durable df aliases of ' || '__SCHEMA__'
+    LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', v_alias, p_role);
+        EXECUTE format('GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %I TO %I', v_alias, p_role);
     END LOOP;
 END
 $$;

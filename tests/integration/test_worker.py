@@ -84,7 +84,7 @@ def test_sleeping_run_survives_a_killed_worker_and_wakes_on_time(space: Space) -
 def test_signal_wakes_a_parked_run_after_its_worker_died(space: Space) -> None:
     client = space.client()
     run_id = client.start(
-        "wait_for_signal('approve') |=> 's' ~> 'SELECT $s.payload ->> ''by'' AS by'", wait=False
+        "wait_for_signal('approve') |=> 's' ~> 'SELECT $s.data ->> ''by'' AS by'", wait=False
     ).run_id
     first = worker(space)
     try:

@@ -54,7 +54,7 @@ def test_another_roles_parked_run_cannot_be_completed_taken_or_steered(tenants: 
     b.schedule_add("nightly", "0 3 * * *", "UTC", {"kind": "flow", "flow": "'SELECT 1'"})
     run_id = b.start(
         "wait_for_signal('go') |=> 's' ~> "
-        + t.flow("'INSERT INTO {b}.seen(label, note) VALUES (''after signal'', $s.payload ->> ''by'')'"),
+        + t.flow("'INSERT INTO {b}.seen(label, note) VALUES (''after signal'', $s.data ->> ''by'')'"),
         wait=False,
     ).run_id
     t.run_worker("b")
