@@ -732,6 +732,14 @@ def migrate(ctx: click.Context, df_aliases: bool) -> None:
     help="A wait longer than this parks the run, freeing the worker.",
 )
 @click.option(
+    "--lease-ttl",
+    "lease_ttl_s",
+    type=click.FloatRange(1.0, 3600.0),
+    default=None,
+    help="Seconds a run's lease lasts without a heartbeat: how long a frozen or cut-off worker "
+    "keeps its runs (default 15; a dead one's are taken over at once by a re-run).",
+)
+@click.option(
     "--login",
     "logins",
     multiple=True,
@@ -774,6 +782,7 @@ def worker(
     once: bool,
     poll_s: float,
     park_after_s: float,
+    lease_ttl_s: float | None,
     logins: tuple[str, ...],
     dbt_projects: tuple[str, ...],
     logins_file: str | None,
@@ -794,6 +803,7 @@ def worker(
         client.settings,
         concurrency=max(client.settings.concurrency, runs_at_once * 2),
         dbt_projects=tuple(str(Path(p).resolve()) for p in dbt_projects),
+        lease_ttl_s=lease_ttl_s or client.settings.lease_ttl_s,
     )
     dsns = [settings.dsn, *logins, *(_read_logins(logins_file) if logins_file else [])]
 
