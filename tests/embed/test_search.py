@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
+import pytest
 
 from dbt_durable.embed.process import LocalEndpoint
 from tests.dbt.conftest import DbtProject
@@ -49,3 +53,41 @@ def test_ten_queries_find_their_documents(embed_project: DbtProject, endpoint: L
         + f"{embed_project.schema}_shop'"
     )
     assert index and "hnsw" in str(index[0][0])
+
+
+def test_the_documented_hosted_provider_variable_switches_provider(
+    embed_project: DbtProject, endpoint: LocalEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenAI command of docs/embeddings.md, with its base URL pointed at the local endpoint:
+    the API key comes from the environment, is sent, and is stored nowhere."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "embeddings.md").read_text()
+    command = re.search(
+        r"dbt build --select doc_embeddings --vars '(\{embeddings: \{base_url: \"https://api.openai.com.*?\}\})'",
+        doc,
+        re.S,
+    )
+    assert command is not None
+    provider = command.group(1).replace("https://api.openai.com/v1", endpoint.base_url)
+    embed_project.env["OPENAI_API_KEY"] = "sk-test-4f3e2d1c"
+    done = embed_project.dbt("build", "--select", "doc_embeddings", "--vars", provider)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert embed_project.query("SELECT count(*) FROM {shop}.doc_embeddings") == [(120,)]
+    assert len(endpoint.requests()) == 8
+    stored = embed_project.query(
+        "SELECT (SELECT json_agg(n)::text FROM {state}.nodes n) || (SELECT json_agg(r)::text FROM {state}.runs r)"
+    )
+    assert "sk-test-4f3e2d1c" not in str(stored) and "{env:OPENAI_API_KEY}" in str(stored)
+
+
+def test_the_documented_ollama_variable_compiles_to_its_endpoint_and_size(embed_project: DbtProject) -> None:
+    """The Ollama command of docs/embeddings.md (no Ollama here: compiled, not run)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "embeddings.md").read_text()
+    command = re.search(
+        r"--vars '(\{embeddings: \{base_url: \"http://localhost:11434/v1\".*?\}\})'", doc, re.S
+    )
+    assert command is not None
+    done = embed_project.dbt("compile", "--select", "doc_embeddings", "--vars", command.group(1))
+    assert done.returncode == 0, done.stdout[-3000:]
+    compiled = next((embed_project.path / "target" / "compiled").rglob("doc_embeddings.sql")).read_text()
+    assert "http('http://localhost:11434/v1/embeddings'" in compiled
+    assert "vector(768)" in compiled and "'nomic-embed-text'" in compiled
