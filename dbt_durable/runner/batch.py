@@ -191,6 +191,8 @@ async def _step(
         error = _describe(exc)
     except DurableError as exc:  # a result over its cap
         error = str(exc)
+    except Exception as exc:  # e.g. a result too deep to encode: retrying cannot help
+        error = f"{type(exc).__name__}: {exc}"[:2000]
     # Undo the step alone (and whatever savepoint followed it), then take the savepoint after
     # it again, so that the next step runs at the next depth.
     await wire.query(f"ROLLBACK TO SAVEPOINT b{depth - 1};".encode() + savepoint)

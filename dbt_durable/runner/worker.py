@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from dbt_durable.config import Settings
-from dbt_durable.errors import ConnectionFailed, RunNotFound
+from dbt_durable.errors import ConnectionFailed, DurableError, RunNotFound
 from dbt_durable.graph.build import ROOT
 from dbt_durable.runner.batch import MAX_BATCH, BatchOutcome, run_batch
 from dbt_durable.runner.engine import Engine, Outcome
@@ -186,7 +186,7 @@ class Worker:
             batch = await run_batch(conn, engine.q, engine.types, caps, BATCH_SIZE, self.settings.lease_ttl_s)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
-        except psycopg.Error as exc:
+        except (psycopg.Error, DurableError, ValueError, RecursionError) as exc:
             # This pass's ordinary claim takes them instead, so a run that breaks batches runs
             # alone from now on.
             log.warning("a batch of short runs rolled back (%s); they run one by one", exc)
