@@ -18,7 +18,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import dbt_build, fanout, memory, planning, report, resume, scenarios, sqlcost, views, workers
+from bench import (
+    dbt_build,
+    embedding,
+    fanout,
+    memory,
+    planning,
+    report,
+    resume,
+    scenarios,
+    sqlcost,
+    views,
+    workers,
+)
 from bench.db import database, machine_facts
 from bench.result import Bench, ScenarioResult
 from bench.sizes import Sizes, pick
@@ -33,6 +45,7 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "dbt_build": dbt_build.dbt_build_overhead,
     "worker": workers.worker_throughput,
     "memory": memory.result_cap_memory,
+    "embedding_pipeline": embedding.embedding_pipeline,
     "views": views.views_at_scale,
 }
 
@@ -52,6 +65,7 @@ PRODUCES: dict[str, list[str] | Callable[[Sizes], list[str]]] = {
     "dbt_build": dbt_build.metrics,
     "worker": workers.METRICS,
     "memory": memory.METRICS,
+    "embedding_pipeline": embedding.METRICS,
     "views": views.METRICS,
 }
 
