@@ -876,6 +876,37 @@ def worker(
     )
 
 
+def _lifts_folder_options(func: F) -> F:
+    """Take dbt's --target/-t, --project-dir and --profiles-dir out of a build's dbt arguments
+    onto the command's own options, before the database is found from the profile (a durable
+    build passes them to dbt itself)."""
+    keys = {
+        "--target": "target",
+        "-t": "target",
+        "--project-dir": "project_dir",
+        "--profiles-dir": "profiles_dir",
+    }
+
+    @wraps(func)
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        given = list(kwargs.get("dbt_args") or ())
+        rest: list[str] = []
+        i = 0
+        while i < len(given):
+            flag, eq, value = given[i].partition("=")
+            if flag in keys and (eq or i + 1 < len(given)):
+                ctx.obj[keys[flag]] = value if eq else given[i + 1]
+                i += 1 if eq else 2
+                continue
+            rest.append(given[i])
+            i += 1
+        kwargs["dbt_args"] = tuple(rest)
+        return ctx.invoke(func, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option(
     "--resume", "resume_", is_flag=True, help="Continue the latest unfinished build with these arguments."
@@ -883,11 +914,13 @@ def worker(
 @click.option("--name", default=None, help="Build name (default: derived from the dbt arguments).")
 @click.option("--wait/--no-wait", default=True, help="Run now (default), or queue it for a worker.")
 @click.argument("dbt_args", nargs=-1, type=click.UNPROCESSED)
+@_lifts_folder_options
 @_with_db
 @click.pass_context
 def build(ctx: click.Context, resume_: bool, name: str | None, wait: bool, dbt_args: tuple[str, ...]) -> None:
     """A durable `dbt build DBT_ARGS`: every finished node is checkpointed in Postgres, so a
-    build killed at model k resumes at model k (--resume)."""
+    build killed at model k resumes at model k (--resume). dbt's --target, --project-dir and
+    --profiles-dir may also follow `build`, as in `dbt build --target prod`."""
     target = _build_target(ctx, list(dbt_args))
     name = name or "dbt_build:" + (" ".join(dbt_args) or "all")
     client = _client(ctx)

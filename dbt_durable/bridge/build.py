@@ -23,12 +23,12 @@ import signal
 import sys
 from typing import Any
 
-from dbt_durable.bridge.dbt_child import PROTOCOL_KEY
+from dbt_durable.bridge.dbt_child import EVENT_FD_ENV, PROTOCOL_KEY
 from dbt_durable.errors import DurableError
 
-OK_STATUSES = {"success", "pass", "warn"}
-OTHER_OUTPUT_KEPT = 30  # lines of the child's other output kept for a failure message
-FAILED_STATUSES = {"error", "fail", "runtime error"}
+OK_STATUSES = {"success", "pass", "warn", "no-op"}
+OTHER_OUTPUT_KEPT = 30  # lines of dbt's console output kept for a failure message
+FAILED_STATUSES = {"error", "fail", "runtime error", "partial success"}
 
 
 def dbt_command() -> list[str]:
@@ -62,70 +62,88 @@ def build_command(target: dict[str, Any], done_names: list[str]) -> list[str]:
 async def run_build(
     target: dict[str, Any], done_names: list[str], on_node: Any, cancelled: asyncio.Event, echo: Any = None
 ) -> tuple[int, list[tuple[str | None, str]]]:
-    """Run dbt; ``await on_node(node_info)`` for each finished node.
+    """Run dbt; ``await on_node(node_info)`` for each node that finished successfully.
 
-    Returns dbt's exit code and its errors as (failed node's unique id or None, message).
+    dbt's console lines are passed to ``echo`` as they come (its ``START``/``OK`` lines and the
+    ``Done. PASS=...`` summary, as ``dbt build`` prints them); node events come on a pipe of
+    their own. Returns dbt's exit code and its errors as (failed node's unique id or None,
+    message).
     """
     cmd = build_command(target, done_names)
-    env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false")
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-        preexec_fn=_die_with_parent,
-        limit=16 * 1024 * 1024,
-    )
-    assert proc.stdout is not None
-    errors: list[tuple[str | None, str]] = []
-    other_output: collections.deque[str] = collections.deque(maxlen=OTHER_OUTPUT_KEPT)
-    watcher = asyncio.create_task(cancelled.wait())
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false", **{EVENT_FD_ENV: str(write_fd)})
     try:
-        while True:
-            reader = asyncio.create_task(proc.stdout.readline())
-            await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                reader.cancel()
-                proc.terminate()
-                break
-            line = reader.result()
-            if not line:
-                break
-            event = _event(line)
-            if event is None:  # not dbt's: a warning, or a traceback if the child crashed
-                other_output.append(line.decode(errors="replace").rstrip())
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            pass_fds=(write_fd,),
+            preexec_fn=_die_with_parent,
+            limit=16 * 1024 * 1024,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    assert proc.stdout is not None
+    loop = asyncio.get_running_loop()
+    events = asyncio.StreamReader(limit=16 * 1024 * 1024)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    errors: list[tuple[str | None, str]] = []
+    console_tail: collections.deque[str] = collections.deque(maxlen=OTHER_OUTPUT_KEPT)
+
+    async def console() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            console_tail.append(line)
+            if echo is not None:
+                echo(line)
+
+    async def node_events() -> None:
+        async for raw in events:
+            event = _event(raw)
+            if event is None:
                 continue
-            name, data, msg = event
-            if not data["node_info"]:  # an error outside any node (compilation, connection)
+            _, info, msg = event
+            if not info:  # an error outside any node (compilation, connection)
                 errors.append((None, msg))
                 continue
-            if (
-                echo is not None
-                and msg
-                and data.get("node_info", {}).get("node_status") not in (None, "started")
-            ):
-                echo(msg)
-            info = data.get("node_info") or {}
             status = info.get("node_status")
-            if name.startswith("Log") and name.endswith("Result") and status in OK_STATUSES:
+            if status in OK_STATUSES:
                 await on_node(info)
-            elif name.startswith("Log") and name.endswith("Result") and status in FAILED_STATUSES:
+            elif status in FAILED_STATUSES:
                 errors.append((info.get("unique_id"), msg))
+
+    readers: asyncio.Future[Any] = asyncio.gather(console(), node_events())
+    watcher: asyncio.Future[Any] = asyncio.create_task(cancelled.wait())
+    try:
+        await asyncio.wait({readers, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not readers.done():  # cancelled
+            proc.terminate()
+        await readers
     finally:
         watcher.cancel()
+        if not readers.done():
+            readers.cancel()
+        transport.close()
         if proc.returncode is None and (cancelled.is_set() or sys.exc_info()[0] is not None):
             proc.terminate()
         code = await proc.wait()
-    if code != 0 and not errors and other_output:
-        errors.append((None, "\n".join(line for line in other_output if line)))
+    if code != 0 and not errors and console_tail:
+        errors.append((None, "\n".join(line for line in console_tail if line)))
     return code, errors
 
 
 def _event(line: bytes) -> tuple[str, dict[str, Any], str] | None:
-    """(event name, data, message) of a line from the dbt child; None for any other line."""
+    """(event name, node info, message) of a line from the dbt child; None for any other line."""
     try:
         parsed = json.loads(line)
-        return parsed[PROTOCOL_KEY], {"node_info": parsed["node_info"]}, parsed["msg"] or ""
+        return parsed[PROTOCOL_KEY], dict(parsed["node_info"]), parsed["msg"] or ""
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -133,7 +151,17 @@ def _event(line: bytes) -> tuple[str, dict[str, Any], str] | None:
 # dbt flags a durable build may pass (with their value, where they take one); anything else
 # could change what dbt executes or where it writes, and a build's arguments come from a row
 # written by its submitter.
-_FLAGS_WITH_VALUE = {"--select", "-s", "--exclude", "--selector", "--vars", "--threads", "--resource-type"}
+_FLAGS_WITH_VALUE = {
+    "--select",
+    "-s",
+    "--exclude",
+    "--selector",
+    "--vars",
+    "--threads",
+    "--resource-type",
+    "--log-level",
+    "--log-format",
+}
 _FLAGS = {"--full-refresh", "--fail-fast", "-x", "--empty", "--no-partial-parse"}
 
 
@@ -142,13 +170,6 @@ def check_target(target: dict[str, Any], allowed_projects: tuple[str, ...] | Non
     may execute: arguments outside the allowed dbt flags, or (with ``allowed_projects``) a
     project or profiles folder that is not one of them."""
     args = target.get("args") or []
-    owned = ("--log-format", "--log-format-file", "--log-level")
-    if any(a in owned for a in args):
-        raise DurableError(
-            "dbt-durable build sets dbt's console logging itself; remove "
-            + "/".join(owned)
-            + " from the dbt arguments"
-        )
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise DurableError("a durable build's dbt arguments must be a list of strings")
     expect_value = False

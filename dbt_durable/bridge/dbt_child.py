@@ -1,11 +1,13 @@
 """The process that runs dbt for a durable build: ``python -m dbt_durable.bridge.dbt_child ARGS``.
 
-It runs dbt in-process with an event callback and writes one JSON line to stdout per event
-that the parent needs: a node finished (to checkpoint it), a node line to show, or an error
-(a compilation error, say, which fails the build before any node runs). dbt's
-own console log is off (``--log-level none``), so dbt formats no console line at all, in
-either text or JSON; that formatting cost plain ``--log-format json`` builds about a tenth of
-their time. ``logs/dbt.log`` is written as in any dbt run.
+It runs dbt in-process, exactly as ``dbt build ARGS`` would: dbt's own console lines (the
+``START``/``OK`` lines, ``Finished running ...`` and the ``Done. PASS=... TOTAL=...`` summary)
+go to stdout at dbt's default level, and debug events only to ``logs/dbt.log``.
+
+Besides, an event callback writes one JSON line per finished node (dbt's ``NodeFinished``,
+which dbt fires for every node it executes, skips or no-ops) and per error outside any node to
+the file descriptor named by ``DBT_DURABLE_EVENT_FD`` (the parent's pipe), so the parent can
+checkpoint each node as it finishes without parsing dbt's console text.
 
 Exit code: 0 when dbt succeeded, 1 when a node failed, 2 when dbt itself failed (dbt's own
 convention).
@@ -14,10 +16,13 @@ convention).
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, TextIO
+import threading
+from typing import Any
 
 PROTOCOL_KEY = "dbt_durable_event"
+EVENT_FD_ENV = "DBT_DURABLE_EVENT_FD"
 
 
 def event_line(name: str, level: str, message: str, node_info: dict[str, Any]) -> str:
@@ -25,22 +30,29 @@ def event_line(name: str, level: str, message: str, node_info: dict[str, Any]) -
     return json.dumps({PROTOCOL_KEY: name, "level": level, "msg": message, "node_info": node_info})
 
 
-def _callback(out: TextIO) -> Any:
+def _callback(fd: int) -> Any:
+    lock = threading.Lock()  # dbt fires events from its worker threads
+
     def on_event(event: Any) -> None:
-        info = getattr(event.data, "node_info", None)
-        if info is not None and info.node_status not in ("", "started"):
+        name = event.info.name
+        if name == "NodeFinished":
+            info = event.data.node_info
+            result = event.data.run_result
             node = {
                 "unique_id": info.unique_id,
                 "node_name": info.node_name,
-                "node_status": info.node_status,
+                "node_status": result.status or info.node_status,
                 "resource_type": info.resource_type,
             }
-        elif event.info.level == "error":
-            node = {}
+            message = result.message or ""
+        elif event.info.level == "error" and not getattr(event.data, "node_info", None):
+            node, message = {}, event.info.msg
         else:
             return
-        out.write(event_line(event.info.name, event.info.level, event.info.msg, node) + "\n")
-        out.flush()
+        data = (event_line(name, event.info.level, message, node) + "\n").encode()
+        with lock:
+            while data:
+                data = data[os.write(fd, data) :]
 
     return on_event
 
@@ -48,9 +60,9 @@ def _callback(out: TextIO) -> Any:
 def main(argv: list[str]) -> int:
     from dbt.cli.main import dbtRunner
 
-    # --log-level alone would silence logs/dbt.log too; the file keeps dbt's default level.
-    file_level = [] if "--log-level-file" in argv else ["--log-level-file", "debug"]
-    result = dbtRunner(callbacks=[_callback(sys.stdout)]).invoke([*argv, "--log-level", "none", *file_level])
+    fd = int(os.environ.get(EVENT_FD_ENV, "-1"))
+    callbacks = [_callback(fd)] if fd >= 0 else []
+    result = dbtRunner(callbacks=callbacks).invoke(argv)
     if result.success:
         return 0
     return 2 if result.exception is not None else 1

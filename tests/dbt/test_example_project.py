@@ -18,9 +18,10 @@ SNAPSHOT = """
 SELECT (SELECT count(*) FROM {shop}.stg_orders), (SELECT count(DISTINCT order_id) FROM {shop}.stg_orders),
        (SELECT count(*) FROM {shop}.orders_pipeline), (SELECT sum(amount) FROM {shop}.orders_pipeline),
        (SELECT count(*) FROM {shop}.doc_embeddings), (SELECT orders FROM {shop}.customer_stats),
-       (SELECT count(*) FROM {shop}.daily_revenue), (SELECT count(*) FROM {shop}.refund_approval)
+       (SELECT count(*) FROM {shop}.daily_revenue)
 """
-# Uninterrupted, the example project gives exactly these (the generator is deterministic).
+# (refund_approval is parked after one build: in shadow mode its relation appears when its run
+# completes.) Uninterrupted, the example project gives exactly these (the generator is deterministic).
 EXPECTED = (20000, 20000, 19394)
 
 

@@ -23,6 +23,15 @@ def _stub(*args: Any, **kwargs: Any) -> dict[str, Any]:
 class DurableAdapter(PostgresAdapter):
     ConnectionManager = DurableConnectionManager
 
+    def __init__(self, config: Any, mp_context: Any) -> None:
+        super().__init__(config, mp_context)
+        # run_results.json as nodes finish, so that dbt retry works after a kill -9
+        from dbt_durable.bridge.partial_results import register
+
+        root, target_path = getattr(config, "project_root", None), getattr(config, "target_path", None)
+        if root and target_path:
+            register(str(root), str(target_path))
+
     @classmethod
     def type(cls) -> str:
         return "durable"
