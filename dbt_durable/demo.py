@@ -126,7 +126,11 @@ def _run_demo(dsn: str, home: Path, embed_url: str) -> None:
     env.update(DBT_DURABLE_EMBED_URL=embed_url, DBT_DURABLE_HTTP_ALLOW=",".join({*allowed, "127.0.0.1"}))
 
     click.secho("1. dbt build of example_project; it is killed (SIGKILL) inside ingest batch 3.", bold=True)
-    first = _run_dbt(["build", "--threads", "1"], project, dict(env, DBT_DURABLE_FAULT=KILL_AT))
+    # A model's runs are named by the relation they build (see docs/dbt.md).
+    kill_at = (
+        f'{KILL_AT.rsplit("@", 1)[0]}@"{env["DBT_DURABLE_PGDATABASE"]}"."analytics_shop"."orders_pipeline"'
+    )
+    first = _run_dbt(["build", "--threads", "1"], project, dict(env, DBT_DURABLE_FAULT=kill_at))
     if first.returncode != -signal.SIGKILL:
         click.echo(first.stdout + first.stderr, err=True)
         raise click.ClickException("the first dbt build was expected to be killed")
