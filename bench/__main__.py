@@ -19,11 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
+    chaos,
     dbt_build,
     embedding,
     fanout,
+    loops,
     memory,
     planning,
+    queues,
     report,
     resume,
     scenarios,
@@ -47,6 +50,9 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "memory": memory.result_cap_memory,
     "embedding_pipeline": embedding.embedding_pipeline,
     "views": views.views_at_scale,
+    "queues": queues.queues,
+    "loop": loops.loop_growth,
+    "chaos": chaos.chaos,
 }
 
 # The headline metrics of each scenario, set to null with the error if the scenario breaks
@@ -67,6 +73,9 @@ PRODUCES: dict[str, list[str] | Callable[[Sizes], list[str]]] = {
     "memory": memory.METRICS,
     "embedding_pipeline": embedding.METRICS,
     "views": views.METRICS,
+    "queues": queues.METRICS,
+    "loop": loops.METRICS,
+    "chaos": chaos.METRICS,
 }
 
 

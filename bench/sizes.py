@@ -25,6 +25,13 @@ class Sizes:
     dbt_reps: int  # repetitions of each dbt build pair (>= 3; a 200-model build takes ~10 s)
     dbt_warmup: bool  # one untimed dbt build of each project first (dbt's partial-parse cache)
     worker_runs: int  # queued one-node runs drained by the worker processes
+    queue_jobs: int  # one-step jobs drained by dbt-durable, procrastinate and DBOS workers
+    queue_reps: int  # repetitions of that triple (0: not run)
+    chaos_phase_s: float  # each chaos cell: baseline, chaos and recovery phases of this length
+    chaos_cells: tuple[str, ...]  # the cells run (the others are reported null, with a reason)
+    chaos_rate: float  # runs queued per second by the chaos cells' producer
+    loop_iterations: int  # iterations of the long loop
+    loop_window: int  # iterations in each of its measured windows (first and last)
     warmup: bool  # one untimed run of each side before measuring
 
     def as_dict(self) -> dict[str, Any]:
@@ -47,6 +54,19 @@ FULL = Sizes(
     dbt_reps=5,
     dbt_warmup=True,
     worker_runs=2000,
+    queue_jobs=2000,
+    queue_reps=3,
+    chaos_phase_s=5.0,
+    chaos_cells=(
+        "postgres_restart",
+        "pg_backend_kill",
+        "pool_exhaustion",
+        "crash_recovery",
+        "repeated_kills",
+    ),
+    chaos_rate=200.0,
+    loop_iterations=100_000,
+    loop_window=1000,
     warmup=True,
 )
 
@@ -66,6 +86,19 @@ QUICK = Sizes(
     dbt_reps=3,
     dbt_warmup=False,
     worker_runs=500,
+    queue_jobs=500,
+    queue_reps=1,
+    chaos_phase_s=2.0,
+    chaos_cells=(
+        "postgres_restart",
+        "pg_backend_kill",
+        "pool_exhaustion",
+        "crash_recovery",
+        "repeated_kills",
+    ),
+    chaos_rate=200.0,
+    loop_iterations=5_000,
+    loop_window=500,
     warmup=True,
 )
 
@@ -85,6 +118,13 @@ TINY = Sizes(
     dbt_reps=3,
     dbt_warmup=False,
     worker_runs=40,
+    queue_jobs=40,
+    queue_reps=0,
+    chaos_phase_s=1.0,
+    chaos_cells=(),
+    chaos_rate=100.0,
+    loop_iterations=600,
+    loop_window=100,
     warmup=False,
 )
 

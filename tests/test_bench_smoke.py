@@ -23,6 +23,18 @@ KEYS = [
     "worker_throughput_ratio",
     "worker_claim_latency_p50_ms",
     "worker_claim_latency_p95_ms",
+    "per_node_ratio_vs_one_trip",
+    "worker_statements_per_run",
+    "worker_wal_bytes_per_run",
+    "worker_raw_wal_bytes_per_commit",
+    "queue_ratio_vs_procrastinate",
+    "queue_ratio_vs_dbos",
+    "chaos_postgres_restart_pct",
+    "chaos_pg_backend_kill_pct",
+    "chaos_pool_exhaustion_pct",
+    "chaos_crash_recovery_pct",
+    "chaos_repeated_kills_pct",
+    "loop_iteration_cost_growth",
 ]
 
 
