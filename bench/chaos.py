@@ -12,7 +12,8 @@ sweep, is the completion rate during recovery divided by the baseline rate, in p
 - ``postgres_restart``: the server is stopped (``pg_ctl -m fast``) for half the phase, then
   started again.
 - ``pg_backend_kill``: ``pg_terminate_backend`` on one of the workers' backends, 4 a second.
-- ``pool_exhaustion``: 300 idle connections held for the phase (``max_connections`` = 400).
+- ``pool_exhaustion``: 300 idle connections opened, then held for the phase length
+  (``max_connections`` = 400); the chaos phase is the opening plus the hold.
 - ``crash_recovery``: worker process 0 is SIGKILLed at the phase's start and started again at
   its end.
 - ``repeated_kills``: worker process 0 is SIGKILLed and started again every second.
@@ -177,15 +178,17 @@ def _kill_backends(server: Pg15, seconds: float) -> int:
 
 
 def _hold_connections(server: Pg15, seconds: float) -> int:
-    end = time.monotonic() + seconds
+    """Open IDLE_CONNECTIONS connections (however long that takes, up to a minute), then hold
+    them for ``seconds``; the phase is the opening plus the hold."""
     held: list[psycopg.Connection] = []
+    opening_ends = time.monotonic() + 60
     try:
-        while len(held) < IDLE_CONNECTIONS and time.monotonic() < end:
+        while len(held) < IDLE_CONNECTIONS and time.monotonic() < opening_ends:
             try:
                 held.append(psycopg.connect(server.dsn, autocommit=True, application_name="bench_idle"))
             except psycopg.Error:
                 break
-        time.sleep(max(0.0, end - time.monotonic()))
+        time.sleep(seconds)
         return len(held)
     finally:
         for conn in held:

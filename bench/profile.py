@@ -86,6 +86,16 @@ def _prepared(dsn: str, target: str, n: int) -> tuple[Callable[[], Any], Callabl
         other = DbosFlow(dsn, "bench_profile_dbos")
         other.run(10)  # warm-up
         return (lambda: other.run(n)), other.close
+    if target == "worker":  # one in-process worker drains n queued one-node runs
+        import asyncio
+
+        from bench.workers import RUNS_AT_ONCE, queue
+        from dbt_durable.runner.worker import Worker
+
+        settings = Settings(dsn=dsn, schema=schema)
+        queue(settings, n)
+        worker = Worker(settings, runs_at_once=RUNS_AT_ONCE, poll_s=0.2, once=True)
+        return (lambda: asyncio.run(worker.run())), (lambda: drop_schemas(dsn, schema))
     if target == "graph":
         from dbt_durable.graph.build import compile_flow
 
@@ -94,7 +104,14 @@ def _prepared(dsn: str, target: str, n: int) -> tuple[Callable[[], Any], Callabl
     raise SystemExit(f"unknown target {target!r}")
 
 
-DEFAULT_N = {"per_node": 2000, "fanout": 1000, "resume": 10_000, "graph": 20_000, "dbos": 2000}
+DEFAULT_N = {
+    "per_node": 2000,
+    "fanout": 1000,
+    "resume": 10_000,
+    "graph": 20_000,
+    "dbos": 2000,
+    "worker": 2000,
+}
 
 
 def _package(filename: str, name: str) -> str:
