@@ -29,7 +29,7 @@ DBOS_WORKFLOW = "run_dbos.<locals>.bench_job"  # DBOS names a workflow by its __
 DBOS_POLLING_INTERVAL_S = 0.01
 
 
-def procrastinate_app(dsn: str):  # type: ignore[no-untyped-def]
+def procrastinate_app(dsn: str):
     import procrastinate
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
