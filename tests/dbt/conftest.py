@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -38,7 +39,7 @@ class DbtProject:
         cmd = _dbt() + list(args) + ["--project-dir", str(self.path), "--profiles-dir", str(self.path)]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=self.path, timeout=timeout)
 
-    def query(self, text: str) -> list[tuple[object, ...]]:
+    def query(self, text: str) -> list[tuple[Any, ...]]:
         text = text.replace("{shop}", f"{self.schema}_shop").replace("{state}", self.space.schema)
         return self.space.query(text)
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -79,7 +80,7 @@ class Project:
     def model(self, name: str, body: str) -> None:
         (self.path / "models" / f"{name}.sql").write_text(body)
 
-    def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         text = text.replace("{dev}", f"{self.base}_dev").replace("{prod}", f"{self.base}_prod")
         return self.space.query(text.replace("{raw}", self.raw), params)
 
@@ -114,7 +115,7 @@ def project(pg_dsn: str) -> Iterator[Project]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def runs(project: Project, relation_like: str) -> list[tuple[object, ...]]:
+def runs(project: Project, relation_like: str) -> list[tuple[Any, ...]]:
     if not project.query("SELECT to_regclass('{state}.runs') IS NOT NULL")[0][0]:
         return []
     return project.query(

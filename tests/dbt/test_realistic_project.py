@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -208,7 +209,7 @@ class Project:
             timeout=300,
         )
 
-    def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         return self.space.query(text, params)
 
     def relations(self, schema: str) -> dict[str, str]:
