@@ -56,7 +56,7 @@ class Space:
 
     def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            cur = conn.execute(text.replace("{state}", self.schema), params or None)  # type: ignore[arg-type]
+            cur = conn.execute(text.replace("{state}", self.schema), params or None)
             return cur.fetchall() if cur.description else []
 
 

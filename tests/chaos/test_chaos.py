@@ -67,7 +67,7 @@ def baseline(pg_dsn: str) -> Iterator[list[tuple[object, ...]]]:
 
 def check(space: Space, baseline: list[tuple[object, ...]]) -> None:
     snap = space.query(SNAPSHOT)
-    TOTALS["duplicates"] += sum(int(c) - 1 for _, _, c in snap if int(c) > 1)  # type: ignore[call-overload]
+    TOTALS["duplicates"] += sum(int(c) - 1 for _, _, c in snap if int(c) > 1)
     TOTALS["losses"] += len(set(baseline) - set(snap))
     assert snap == baseline
     assert space.query(
@@ -130,7 +130,7 @@ def _ticking_run(pg_dsn: str, disrupt: Callable[[Space, random.Random], None], r
 
 def _wait_for_ticks(space: Space, at_least: int) -> None:
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and int(space.query("SELECT count(*) FROM ticks")[0][0]) < at_least:  # type: ignore[call-overload]
+    while time.monotonic() < deadline and int(space.query("SELECT count(*) FROM ticks")[0][0]) < at_least:
         time.sleep(0.02)
 
 
@@ -188,7 +188,7 @@ def test_several_workers_with_random_kills(space: Space) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         done = space.query("SELECT count(*) FROM {state}.runs WHERE status = 'completed'")[0][0]
-        if done == runs + space.query(slot_runs)[0][0] and space.query(slot_runs)[0][0] >= 20:  # type: ignore[operator]
+        if done == runs + space.query(slot_runs)[0][0] and space.query(slot_runs)[0][0] >= 20:
             break
         victim = rng.randrange(len(fleet))
         fleet[victim].send_signal(signal.SIGKILL)
@@ -204,8 +204,8 @@ def test_several_workers_with_random_kills(space: Space) -> None:
     TOTALS["slots_fired"] = TOTALS.get("slots_fired", 0) + len(slots)
     assert space.query("SELECT DISTINCT status FROM {state}.runs") == [("completed",)]
     counts = space.query("SELECT count(*), count(DISTINCT (run_id, step)) FROM effects")[0]
-    TOTALS["duplicates"] += int(counts[0]) - int(counts[1])  # type: ignore[call-overload]
-    TOTALS["losses"] += runs * 3 - int(counts[1])  # type: ignore[call-overload]
+    TOTALS["duplicates"] += int(counts[0]) - int(counts[1])
+    TOTALS["losses"] += runs * 3 - int(counts[1])
     TOTALS["runs_completed"] += runs
     assert counts == (runs * 3, runs * 3)
 

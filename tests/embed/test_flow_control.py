@@ -48,7 +48,7 @@ class Scripted(BaseHTTPRequestHandler):
                 return
             status, retry_after = action if isinstance(action, tuple) else (action, None)
             body = b'{"ok": true}'
-            self.send_response(int(status))  # type: ignore[call-overload]
+            self.send_response(int(status))
             if retry_after is not None:
                 self.send_header("Retry-After", str(retry_after))
             self.send_header("Content-Length", str(len(body)))
@@ -75,7 +75,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def events(space: Space, run_id: str, kind: str) -> int:
     rows = space.query("SELECT count(*) FROM {state}.events WHERE run_id = %s AND kind = %s", (run_id, kind))
-    return int(rows[0][0])  # type: ignore[call-overload]
+    return int(rows[0][0])
 
 
 def test_429_and_503_with_retry_after_wait_without_spending_attempts(space: Space, server: str) -> None:

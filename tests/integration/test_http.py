@@ -117,7 +117,7 @@ def test_env_secrets_reach_the_server_but_are_never_stored(
     monkeypatch.setenv("DD_TEST_TOKEN", token)
     flow = f"http('{server}/s', 'POST', '{{\"auth\": \"{{env:DD_TEST_TOKEN}}\"}}', '{{\"X-Team\": \"{{env:DD_TEST_TOKEN}}\"}}')"
     out = space.client().start(flow).outcome
-    assert out is not None and out.status == "completed", out.error
+    assert out is not None and out.status == "completed", out
     assert Recorder.seen[0]["x"] == token and token in Recorder.seen[0]["body"]
     dump = space.query(
         "SELECT (SELECT json_agg(r)::text FROM {state}.runs r) || "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dbt_durable.errors import FlowError
@@ -37,7 +39,7 @@ def test_graph_size_and_depth_limits(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_more_branches_than_connections_wait_their_turn_without_deadlock(space: Space) -> None:
     flow = " & ".join(["('SELECT pg_sleep(0.05)' ~> 'SELECT 1')"] * 6)
     out = space.client(concurrency=1).start(flow).outcome
-    assert out is not None and out.status == "completed", out.error
+    assert out is not None and out.status == "completed", out
 
 
 def test_pool_exhaustion_times_out_with_a_clear_error(space: Space) -> None:
@@ -50,7 +52,11 @@ def test_rowset_expansion_cap(space: Space) -> None:
     from dbt_durable.errors import BindingError
     from dbt_durable.runner.results import render
 
-    rows = {"rows": [{"i": n} for n in range(11)], "row_count": 11, "columns": [["i", "integer"]]}
+    rows: dict[str, Any] = {
+        "rows": [{"i": n} for n in range(11)],
+        "row_count": 11,
+        "columns": [["i", "integer"]],
+    }
     assert "VALUES" in render("SELECT * FROM $r.*", {"r": {**rows, "rows": rows["rows"][:10]}}, None, 10)
     with pytest.raises(BindingError, match="11 rows, over the cap of 10"):
         render("SELECT * FROM $r.*", {"r": rows}, None, 10)

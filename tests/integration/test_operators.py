@@ -11,7 +11,7 @@ from dbt_durable.errors import FlowError, GraphChanged, RunNotFound
 from tests.conftest import Space
 
 
-def run(space: Space, flow: str, **kw: object):  # type: ignore[no-untyped-def]
+def run(space: Space, flow: str, **kw: object):
     started = space.client().start(flow, **kw)  # type: ignore[arg-type]
     assert started.outcome is not None
     return started.outcome
@@ -324,7 +324,7 @@ def fail_at_gate(space: Space, flow: str) -> str:
     return started.run_id
 
 
-def resume_cold(space: Space, run_id: str):  # type: ignore[no-untyped-def]
+def resume_cold(space: Space, run_id: str):
     """Open the gate and resume with no compiled flow in this process, as after a crash."""
     from dbt_durable.graph.build import recent
 

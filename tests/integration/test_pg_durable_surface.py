@@ -313,7 +313,7 @@ def tenant(space: Space) -> Iterator[tuple[str, str, str]]:
 
 def _q(dsn: str, text: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(text, params or None)  # type: ignore[arg-type]
+        cur = conn.execute(text, params or None)
         return cur.fetchall() if cur.description else []
 
 

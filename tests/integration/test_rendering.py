@@ -17,7 +17,7 @@ from dbt_durable.errors import BindingError
 from dbt_durable.runner.results import build_result, render
 from dbt_durable.runner.steps import TypeNames
 
-TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=40)
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**60), 2**60) | TEXT.filter(lambda t: "\x00" not in t),
     lambda kids: (

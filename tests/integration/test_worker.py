@@ -78,7 +78,7 @@ def test_sleeping_run_survives_a_killed_worker_and_wakes_on_time(space: Space) -
         second.wait(timeout=20)
     rows = space.query("SELECT step, at FROM effects ORDER BY at")
     assert [r[0] for r in rows] == ["before", "after"]
-    assert rows[1][1] >= wake_at  # type: ignore[operator]
+    assert rows[1][1] >= wake_at
 
 
 def test_signal_wakes_a_parked_run_after_its_worker_died(space: Space) -> None:

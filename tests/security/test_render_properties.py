@@ -23,7 +23,7 @@ FRAGMENTS = [
 ]  # fmt: skip
 HOSTILE = st.lists(
     st.sampled_from(FRAGMENTS)
-    | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    | st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")),
     max_size=8,
 ).map("".join)
 # Templates with $v in code position, and what the query must return for value v.

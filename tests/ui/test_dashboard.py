@@ -228,7 +228,7 @@ def test_unreachable_database_is_reported(browser: Any) -> None:
         text = page.inner_text("#db-error")
         assert "The database is unreachable" in text
         assert "hunter2" not in page.content()
-        assert page.goto(f"{srv.url}/schedules").status == 503  # type: ignore[union-attr]
+        assert page.goto(f"{srv.url}/schedules").status == 503
         page.screenshot(path=str(IMG / "dashboard-db-unreachable.png"))
 
 

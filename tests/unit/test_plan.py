@@ -49,7 +49,9 @@ def test_a_decoded_plan_indexes_like_the_compiled_text(node: A.Node, _: str) -> 
     from dbt_durable.flow.printer import to_text
 
     compiled = compile_flow(to_text(node), validated=True)
-    loaded = FlowGraph.of(plan.decode(json.loads(json.dumps(plan.encode(compiled.ast)))), compiled.text, "h")
+    decoded = plan.decode(json.loads(json.dumps(plan.encode(compiled.ast))))
+    assert decoded is not None
+    loaded = FlowGraph.of(decoded, compiled.text, "h")
     assert loaded.step_ids == compiled.step_ids
     assert [(n, loaded.children(n), loaded.node(n)) for n in loaded.graph.nodes] == [
         (n, compiled.children(n), compiled.node(n)) for n in compiled.graph.nodes
