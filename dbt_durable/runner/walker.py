@@ -294,8 +294,9 @@ class Walker:
                 return brk.value
             if len(kids) > 1 and not results.truthy(cond):
                 return value
-            # Idle: nothing ran that waits or changes anything, and the same results again.
-            outcome = (value, cond)
+            # Idle: nothing ran that waits or changes anything, and the same results (and the
+            # same bound names: an INSERT ... RETURNING that binds its row changes them) again.
+            outcome = (value, cond, dict(st.bindings))
             if self.activity == activity and st.executed > executed and outcome == previous:
                 idle += 1
             else:
