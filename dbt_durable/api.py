@@ -27,7 +27,7 @@ from dbt_durable.graph.build import FlowGraph, compile_flow
 from dbt_durable.graph.explain import explain as explain_graph
 from dbt_durable.runner.engine import Engine, Outcome, new_owner_id
 from dbt_durable.runner.schedules import check_schedule
-from dbt_durable.store.connect import open_sync
+from dbt_durable.store.connect import missing_state_as_not_found, open_sync
 from dbt_durable.store.migrate import migrate as apply_migrations
 from dbt_durable.store.queries import Queries
 from dbt_durable.store.runs import CreatedRun, RunRow, build_run_params, new_run_params
@@ -101,18 +101,8 @@ class Client:
             if create or not self._checked_schema:
                 self.applied = apply_migrations(conn, self.settings.schema, create=create)
                 self._checked_schema = True
-            yield conn
-        except (
-            psycopg.errors.UndefinedTable,
-            psycopg.errors.UndefinedFunction,
-            psycopg.errors.InvalidSchemaName,
-        ) as exc:
-            if self.settings.schema not in str(exc):
-                raise
-            raise RunNotFound(
-                f"no dbt-durable state in schema {self.settings.schema!r} of this database yet "
-                "(start a run, or run `dbt-durable migrate`)"
-            ) from None
+            with missing_state_as_not_found(self.settings.schema):
+                yield conn
         finally:
             conn.close()
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from urllib.parse import quote, quote_plus
 
 import psycopg
 from psycopg import conninfo
 
-from dbt_durable.errors import ConnectionFailed
+from dbt_durable.errors import ConnectionFailed, RunNotFound
 
 APP_PREFIX = "dbt_durable:"
 MASK = "***"
@@ -125,3 +126,22 @@ def open_sync(dsn: str, application_name: str = APP_PREFIX + "client") -> psycop
         return psycopg.connect(dsn, **connect_kwargs(dsn, application_name))  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(f"cannot connect to {mask_dsn(dsn)}: {str(exc).strip()}") from None
+
+
+@contextmanager
+def missing_state_as_not_found(schema: str) -> Iterator[None]:
+    """Errors from a state schema that does not exist yet, as :class:`RunNotFound` saying how
+    to create it; other errors pass through."""
+    try:
+        yield
+    except (
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.UndefinedFunction,
+        psycopg.errors.InvalidSchemaName,
+    ) as exc:
+        if schema not in str(exc):
+            raise
+        raise RunNotFound(
+            f"no dbt-durable state in schema {schema!r} of this database yet "
+            "(start a run, or run `dbt-durable migrate`)"
+        ) from None

@@ -25,7 +25,7 @@ from dbt_durable.flow import ast as A
 from dbt_durable.flow.refs import VAR
 from dbt_durable.graph.build import FlowGraph, compile_flow, load_flow
 from dbt_durable.graph.explain import NodeState, annotate, preorder
-from dbt_durable.store.connect import open_sync
+from dbt_durable.store.connect import missing_state_as_not_found, open_sync
 from dbt_durable.store.migrate import migrate as apply_migrations
 from dbt_durable.store.queries import Queries
 from dbt_durable.store.views import ViewQueries
@@ -220,18 +220,8 @@ class Views:
                 apply_migrations(conn, self.settings.schema, create=False)
                 self._checked = True
             conn.autocommit = True
-            yield conn
-        except (
-            psycopg.errors.UndefinedTable,
-            psycopg.errors.UndefinedFunction,
-            psycopg.errors.InvalidSchemaName,
-        ) as exc:
-            if self.settings.schema not in str(exc):
-                raise
-            raise RunNotFound(
-                f"no dbt-durable state in schema {self.settings.schema!r} of this database yet "
-                "(start a run, or run `dbt-durable migrate`)"
-            ) from None
+            with missing_state_as_not_found(self.settings.schema):
+                yield conn
         finally:
             conn.close()
 
