@@ -68,7 +68,10 @@ def is_short_step(ast: A.Node) -> bool:
     SQL step, transactional, no options, no ``$name`` references, none of the words above."""
     if type(ast) is not A.Sql or ast.options or "$" in ast.text or A.is_expr(ast.text):
         return False  # a SQL expression is evaluated when the run starts, by the ordinary path
-    text = ast.text
+    return "{sys_label}" not in ast.text and _safe_text(ast.text)
+
+
+def _safe_text(text: str) -> bool:
     return not _UNSAFE.search(text) and len(_SET.findall(text)) <= len(_UPDATE.findall(text))
 
 
@@ -110,16 +113,25 @@ async def run_batch(
     try:
         await conn.execute(b"BEGIN")
         rows = await (await conn.execute(q.take_pending, (limit,))).fetchall()
-        short: list[tuple[str, str, RunState]] = []
+        short: list[tuple[str, str]] = []
         others: list[str] = []
         for run_id, kind, plan, flow_text, vars in rows:
             run_id = str(run_id)
             flow = _short_flow(kind, plan, flow_text)
-            if flow is None:
+            step_sql = None
+            if flow is not None:
+                assert isinstance(flow.ast, A.Sql)
+                state = RunState(run_id, flow, dict(vars or {}), {})
+                # {var}s are text substitution: the text that runs is checked, not the template.
+                step_sql = (
+                    substitute(state, flow.ast.text, ROOT, None) if "{" in flow.ast.text else flow.ast.text
+                )
+                if not _safe_text(step_sql):
+                    step_sql = None
+            if step_sql is None:
                 others.append(run_id)
             else:
-                assert isinstance(flow.ast, A.Sql)
-                short.append((run_id, flow.ast.text, RunState(run_id, flow, dict(vars or {}), {})))
+                short.append((run_id, step_sql))
         if others:
             await conn.execute(q.hand_over, (others, ttl_s))
             out.handed_over = others
@@ -127,8 +139,7 @@ async def run_batch(
         if short:
             await wire.query(b"SAVEPOINT b0")
             out.statements += 1
-            for depth, (run_id, text, state) in enumerate(short, start=1):
-                step_sql = substitute(state, text, ROOT, None) if "{" in text else text
+            for depth, (run_id, step_sql) in enumerate(short, start=1):
                 done.append(await _step(conn, wire, q, types, caps, run_id, step_sql, depth))
                 out.statements += 2
             finishes = b";".join(_finish_statement(q, d) for d in done)

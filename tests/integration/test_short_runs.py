@@ -109,3 +109,19 @@ def test_a_worker_killed_mid_batch_leaves_every_run_pending_or_done(space: Space
         assert second.returncode == 0
     assert space.query("SELECT status, count(*) FROM {state}.runs GROUP BY 1") == [("completed", len(runs))]
     assert space.query("SELECT count(*) FROM effects") == [(len(runs),)]
+
+
+def test_a_var_that_would_end_the_transaction_sends_its_run_the_ordinary_way(space: Space) -> None:
+    space.query("CREATE TABLE effects (run_id uuid, n int)")
+    client = space.client()
+    step = "'INSERT INTO effects VALUES (''{sys_run_id}'', {n})'"
+    plain = [client.start(step, vars={"n": "1"}, wait=False).run_id for _ in range(3)]
+    # {n} is text substitution: this run's text commits in the middle, so it must not share a
+    # transaction with the others (it fails alone on the ordinary path, where the lane sees it).
+    hostile = client.start(step, vars={"n": "2); COMMIT; SELECT (1"}, wait=False).run_id
+    stats = asyncio.run(Worker(space.settings(), runs_at_once=4, poll_s=0.2, once=True).run())
+    assert stats.in_batches == 3
+    statuses = dict(space.query("SELECT run_id::text, status FROM {state}.runs"))
+    assert {statuses[r] for r in plain} == {"completed"} and statuses[hostile] == "failed"
+    # Each batched run's effect exists once, with its checkpoint.
+    assert space.query("SELECT count(*), count(DISTINCT run_id) FROM effects WHERE n = 1") == [(3, 3)]
